@@ -1,0 +1,213 @@
+"""The sequential, block-by-block calibration engine shared by every layer-wise method.
+
+Protocol (Wanda / SparseGPT): run the model up to its first decoder block once and keep that block's inputs with
+every keyword argument the model passes (attention mask, position ids, rotary embeddings, cache flags). Then, for
+each block in turn: run it over the calibration inputs with forward hooks that fold each layer's inputs into a
+float32 running statistic (never stored activations), let the method prune, and run the block again so the next
+block sees the outputs of the *pruned* block. That is two forward passes of the decoder over the calibration
+tokens, the floor this engine is measured against.
+
+Layers that read the very same input tensor (q/k/v, gate/up) share one statistic: it is accumulated once.
+Memory: the model, one block's statistics and the block inputs (hidden states of the calibration tokens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once block 0 has its inputs: nothing past it needs to run."""
+
+
+@dataclass
+class BlockInputs:
+    """Hidden states entering the current block, batched, with the keyword arguments of each batch."""
+
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    kwargs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+
+@contextlib.contextmanager
+def hooks(handles: list[torch.utils.hooks.RemovableHandle]) -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
+    """Own a list of hook handles and remove every one of them on exit, error or not."""
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+        handles.clear()
+
+
+def capture_block_inputs(
+    model: nn.Module, first_block: nn.Module, samples: torch.Tensor, batch_size: int
+) -> BlockInputs:
+    """Run the model on `samples` (n, L) up to `first_block` and keep what it receives."""
+    captured = BlockInputs()
+    device = next(model.parameters()).device
+
+    def grab(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.hidden.append(hidden.detach())
+        captured.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    with hooks([first_block.register_forward_pre_hook(grab, with_kwargs=True)]), torch.no_grad():
+        for start in range(0, samples.shape[0], batch_size):
+            batch = samples[start : start + batch_size].to(device)
+            with contextlib.suppress(_StopForward):
+                model(input_ids=batch, use_cache=False)
+    return captured
+
+
+def _block_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def run_block(block: nn.Module, inputs: BlockInputs, keep_outputs: bool) -> None:
+    """Run one block over every batch; with `keep_outputs` the outputs replace the inputs in place."""
+    with torch.no_grad():
+        for i, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
+            out = _block_output(block(hidden, **kwargs))
+            if keep_outputs:
+                inputs.hidden[i] = out.detach()
+
+
+class Statistic:
+    """A float32 running statistic of a layer's inputs; subclasses say which."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        self.in_features = in_features
+        self.device = device
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:  # x: (tokens, in_features), float32
+        raise NotImplementedError
+
+
+class SquaredNorm(Statistic):
+    """Sum over tokens of x_j^2 per input feature: ||X_j||_2^2 (Wanda, OWL)."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        super().__init__(in_features, device)
+        self.sum_sq = torch.zeros(in_features, dtype=torch.float32, device=device)
+
+    def add(self, x: torch.Tensor) -> None:
+        self.sum_sq += x.square().sum(dim=0)
+        self.tokens += x.shape[0]
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """||X_j||_2 per input feature, shape (in_features,)."""
+        return self.sum_sq.sqrt()
+
+
+class Hessian(Statistic):
+    """Running X^T X (in_features x in_features) in float32, divided by the token count on read (SparseGPT).
+
+    X^T X is symmetric: only the upper block triangle of a 4 x 4 grid of column blocks is multiplied (10 of 16
+    products) and mirrored on read. Measured on a 2-core CPU: 1.5x faster at width 576, 1.9x at 1536.
+    """
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        super().__init__(in_features, device)
+        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self._matrix: torch.Tensor | None = None
+        n = min(4, max(1, in_features // 128))
+        step = -(-in_features // n)
+        self._edges = [(s, min(s + step, in_features)) for s in range(0, in_features, step)]
+
+    def add(self, x: torch.Tensor) -> None:
+        self._matrix = None
+        if len(self._edges) == 1:
+            self.xtx.addmm_(x.t(), x)
+        else:
+            for i, (a, b) in enumerate(self._edges):
+                xa_t = x[:, a:b].t()
+                for c, d in self._edges[i:]:
+                    self.xtx[a:b, c:d].addmm_(xa_t, x[:, c:d])
+        self.tokens += x.shape[0]
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The mean X^T X / tokens, symmetric, float32 (computed once after the last `add`)."""
+        if self._matrix is None:
+            h = self.xtx
+            if len(self._edges) > 1:
+                h = torch.triu(h) + torch.triu(h, diagonal=1).t()
+            self._matrix = h / max(self.tokens, 1)
+        return self._matrix
+
+
+STATISTICS: dict[str, type[Statistic]] = {"sq_norm": SquaredNorm, "hessian": Hessian}
+
+
+def collect_statistics(
+    block: nn.Module,
+    layers: dict[str, nn.Module],
+    inputs: BlockInputs,
+    make: Callable[[nn.Module], Statistic],
+) -> dict[str, Statistic]:
+    """Run `block` over the calibration inputs once, folding each layer's inputs into its statistic.
+
+    Pre-forward hooks see each layer's input before it is used. Layers fed the same tensor in the same call
+    (q/k/v, gate/up) are detected on the first batch and share one statistic, accumulated once. The first batch
+    also records the call order; on later batches the block stops as soon as the last hooked layer has been
+    seen, since nothing after it feeds a statistic (this skips e.g. the down projection: about a quarter of a
+    Llama block). Hooks are removed on exit, even on error.
+    """
+    stats: dict[str, Statistic] = {}
+    owner_of: dict[str, str] = {}  # follower layer -> layer whose statistic it shares
+    # Inputs seen during the first batch, kept alive so their memory cannot be reused by a later tensor that
+    # would then look identical by address.
+    seen: list[tuple[torch.Tensor, str]] = []
+    order: list[str] = []
+    state = {"first": True, "stop_at": None}
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else next(iter(kwargs.values()))
+            if state["first"]:
+                order.append(name)
+                for t, owner in seen:
+                    if t.data_ptr() == x.data_ptr() and t.shape == x.shape and t.stride() == x.stride():
+                        owner_of[name] = owner
+                        return
+                seen.append((x, name))
+            elif name in owner_of:
+                return
+            if name not in stats:
+                stats[name] = make(layers[name])
+            stats[name].add(x.detach().reshape(-1, x.shape[-1]).float())
+            if name == state["stop_at"]:
+                raise _StopForward
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n), with_kwargs=True) for n, m in layers.items()]
+    with hooks(handles), torch.no_grad():
+        for i, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
+            with contextlib.suppress(_StopForward):
+                block(hidden, **kwargs)
+            if i == 0:
+                state["first"] = False
+                seen.clear()
+                # Stop early only when every layer ran exactly once (a layer called twice would lose calls).
+                if order and len(order) == len(set(order)):
+                    state["stop_at"] = order[-1] if order[-1] not in owner_of else None
+    for follower, owner in owner_of.items():
+        stats[follower] = stats[owner]
+    return stats

@@ -1,0 +1,75 @@
+"""Perplexity = exp(mean next-token negative log-likelihood) over non-overlapping windows.
+
+This is the protocol of the Wanda and SparseGPT papers: the text is tokenized once, cut into windows of `seqlen`
+tokens, each window scored on its own (no context carried over), and the NLL averaged over every predicted token
+(seqlen - 1 per window). Windows are batched so that the logits of a batch stay under a memory budget; the cost
+is then that of a plain forward pass plus a cross-entropy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+LOGITS_BUDGET_BYTES = 512 * 2**20
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    nll: float
+    windows: int
+    seqlen: int
+    tokens: int  # predicted tokens: windows * (seqlen - 1)
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.windows * self.seqlen / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
+
+
+def auto_batch_size(seqlen: int, vocab: int) -> int:
+    """Windows per batch such that float32 logits (and their log-softmax) stay within the budget."""
+    return max(1, LOGITS_BUDGET_BYTES // (seqlen * vocab * 4 * 2))
+
+
+def perplexity(
+    model: nn.Module, windows: torch.Tensor, batch_size: int | None = None, desc: str = "perplexity"
+) -> PerplexityResult:
+    """Perplexity of `model` on token windows (n, seqlen)."""
+    n, seqlen = windows.shape
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch_size = batch_size or auto_batch_size(seqlen, vocab)
+    device = next(model.parameters()).device
+    total_nll = 0.0
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for a in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+            batch = windows[a : a + batch_size].to(device)
+            logits = model(input_ids=batch, use_cache=False).logits
+            total_nll += F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"
+            ).item()
+            del logits
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    model.train(was_training)
+    seconds = time.perf_counter() - start
+    tokens = n * (seqlen - 1)
+    nll = total_nll / tokens
+    return PerplexityResult(math.exp(nll), nll, n, seqlen, tokens, seconds)
