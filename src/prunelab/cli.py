@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calib-batch-size", type=int, default=None, help="windows per forward (default 1 on CPU, 8 on GPU)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "owl"], help="per-block sparsity")
+    p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: max deviation from the target")
+    p.add_argument("--owl-m", type=float, default=5.0, help="OWL: outlier = score above M x block mean")
     p.add_argument("--targets", nargs="+", default=None, help="layer names or re:REGEX to prune (default all)")
     p.add_argument("--ignore", nargs="+", default=[], help="layer names or re:REGEX to leave dense")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
@@ -127,6 +130,9 @@ def _run(args: argparse.Namespace) -> int:
                 "calib_seqlen": args.calib_seqlen,
                 "calib_batch_size": args.calib_batch_size,
                 "seed": args.seed,
+                "allocation": args.allocation,
+                "owl_lambda": args.owl_lambda,
+                "owl_m": args.owl_m,
                 "options": _parse_options(args.option),
             },
             "prune settings",

@@ -6,7 +6,7 @@ settings live in `options` and are validated by that method's own `Options` mode
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -33,6 +33,9 @@ class PruneConfig(StrictModel):
     calib_seqlen: int = Field(512, ge=2)
     calib_batch_size: int | None = Field(None, ge=1, description="windows per forward; default 1 on CPU, 8 on GPU")
     seed: int = 0
+    allocation: Literal["uniform", "owl"] = "uniform"
+    owl_lambda: float = Field(0.08, ge=0.0, lt=1.0, description="OWL: max deviation of a block from the target")
+    owl_m: float = Field(5.0, gt=0.0, description="OWL: a score is an outlier above M x the block's mean score")
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("sparsity")

@@ -98,6 +98,29 @@ class Pruner(ABC):
         """Prune `model` in place; `calib` is (n, L) token ids, or None when the method needs none."""
 
 
+class BlockStore:
+    """Where decoder blocks come from. Here: the model in memory. `prunelab.streaming` subclasses it to load one
+    block at a time from the checkpoint and write it out after pruning, so the engine below serves both."""
+
+    def __init__(self, prefix: str, blocks: nn.ModuleList) -> None:
+        self.prefix = prefix
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def first(self) -> nn.Module:
+        """The module whose inputs are captured (never run by the capture)."""
+        return self.blocks[0]
+
+    def load(self, i: int) -> nn.Module:
+        return self.blocks[i]
+
+    def release(self, i: int, block: nn.Module, pruned: bool) -> None:
+        """Called once block i is done (pruned or, in the OWL pre-pass, only read)."""
+
+
 class LayerwisePruner(Pruner):
     """Prune each Linear of each block from one statistic of its inputs.
 
@@ -108,7 +131,7 @@ class LayerwisePruner(Pruner):
 
     @property
     def needs_calibration(self) -> bool:
-        return self.statistic is not None
+        return self.statistic is not None or self.cfg.allocation == "owl"
 
     @abstractmethod
     def prune_weight(self, weight: torch.Tensor, stat: calibration.Statistic | None, sparsity: float) -> torch.Tensor:
@@ -118,15 +141,12 @@ class LayerwisePruner(Pruner):
         `self.pattern` says whether the mask must be N:M.
         """
 
-    def layer_sparsity(self, name: str) -> float:
-        """Sparsity of one layer; uniform here, overridden by non-uniform allocations."""
-        return self.sparsity
-
-    def _apply(self, name: str, module: nn.Module, stat: calibration.Statistic | None, result: PruneResult) -> None:
+    def _apply(
+        self, name: str, module: nn.Module, stat: calibration.Statistic | None, sparsity: float, result: PruneResult
+    ) -> None:
         weight = weight_2d(module)
         # float32 weights are pruned in place; others through a float32 copy (the maths wants float32).
         w32 = weight if weight.dtype == torch.float32 else weight.to(torch.float32)
-        sparsity = self.layer_sparsity(name)
         self.current_layer = name
         mask = self.prune_weight(w32, stat, sparsity)
         w32.masked_fill_(mask, 0.0)
@@ -135,56 +155,65 @@ class LayerwisePruner(Pruner):
         result.layers[name] = LayerResult(weight.numel(), int((weight == 0).sum()), sparsity)
 
     def prune(self, model: nn.Module, calib: torch.Tensor | None) -> PruneResult:
+        prefix, blocks = find_blocks(model)
+        return self.prune_blocks(model, BlockStore(prefix, blocks), calib)
+
+    def _layers(self, store: BlockStore, i: int, block: nn.Module) -> dict[str, nn.Module]:
+        return block_linears(block, f"{store.prefix}.{i}", self.cfg.targets, self.cfg.ignore)
+
+    def prune_blocks(self, model: nn.Module, store: BlockStore, calib: torch.Tensor | None) -> PruneResult:
+        """The engine: optional OWL pre-pass, then block by block: statistics, prune, propagate."""
+        from prunelab.errors import PrunelabError
+        from prunelab.pruning.allocation import owl_allocation, owl_outlier_ratios
+
         start = time.perf_counter()
         result = PruneResult(self.name, str(self.pattern), self.sparsity)
-        prefix, blocks = find_blocks(model)
-        per_block = [block_linears(b, f"{prefix}.{i}", self.cfg.targets, self.cfg.ignore) for i, b in enumerate(blocks)]
-        if not any(per_block):
-            from prunelab.errors import PrunelabError
-
-            raise PrunelabError("the target/ignore filter selects no layer to prune")
-        with torch.no_grad():
-            if self.statistic is None:
-                for layers in tqdm(per_block, desc=f"{self.name}", unit="block", leave=False):
-                    for name, module in layers.items():
-                        self._apply(name, module, None, result)
-            else:
-                self._prune_calibrated(model, blocks, per_block, calib, result)
-        result.notes.extend(self.notes)
-        result.seconds = time.perf_counter() - start
-        return result
-
-    def _prune_calibrated(
-        self,
-        model: nn.Module,
-        blocks: nn.ModuleList,
-        per_block: list[dict[str, nn.Module]],
-        calib: torch.Tensor | None,
-        result: PruneResult,
-    ) -> None:
-        from prunelab.errors import PrunelabError
-
-        if calib is None:
+        n = len(store)
+        if self.needs_calibration and calib is None:
             raise PrunelabError(f"method '{self.name}' needs calibration data")
-        make_stat = calibration.STATISTICS[self.statistic]  # type: ignore[index]
         device = next(model.parameters()).device
         # On a CPU one window per forward is fastest (measured: batching only adds memory traffic).
         batch_size = self.cfg.calib_batch_size or (1 if device.type == "cpu" else 8)
-        inputs = calibration.capture_block_inputs(model, blocks[0], calib, batch_size)
-        log.info("captured %d calibration tokens at block 0", inputs.tokens)
-        for i, (block, layers) in enumerate(
-            tqdm(list(zip(blocks, per_block, strict=True)), desc=self.name, unit="block")
-        ):
-            if layers:
-                stats = calibration.collect_statistics(
-                    block, layers, inputs, lambda m: make_stat(weight_2d(m).shape[1], weight_2d(m).device)
-                )
+        sparsities = [self.sparsity] * n
+        with torch.no_grad():
+            if self.cfg.allocation == "owl":
+                if self.pattern.is_nm:
+                    result.notes.append("OWL keeps N:M patterns uniform: every layer must satisfy the same N:M")
+                else:
+                    assert calib is not None
+                    inputs = calibration.capture_block_inputs(model, store.first, calib, batch_size)
+                    ratios, sizes = owl_outlier_ratios(store, inputs, self._layers, self.cfg.owl_m)
+                    sparsities = owl_allocation(ratios, sizes, self.sparsity, self.cfg.owl_lambda)
+                    result.extra["owl_outlier_ratios"] = ratios
+            result.extra["allocation"] = {"kind": self.cfg.allocation, "block_sparsity": sparsities}
+            inputs = None
+            if self.statistic is not None:
+                assert calib is not None
+                inputs = calibration.capture_block_inputs(model, store.first, calib, batch_size)
+                log.info("captured %d calibration tokens at block 0", inputs.tokens)
+            make_stat = calibration.STATISTICS[self.statistic] if self.statistic else None
+            any_layer = False
+            for i in tqdm(range(n), desc=self.name, unit="block"):
+                block = store.load(i)
+                layers = self._layers(store, i, block)
+                any_layer = any_layer or bool(layers)
+                stats: dict[str, calibration.Statistic] = {}
+                if layers and inputs is not None and make_stat is not None:
+                    stats = calibration.collect_statistics(
+                        block, layers, inputs, lambda m: make_stat(weight_2d(m).shape[1], weight_2d(m).device)
+                    )
                 for name, module in layers.items():
-                    if name not in stats:
+                    if make_stat is not None and name not in stats:
                         result.notes.append(f"{name}: never called on calibration data, left dense")
                         log.warning("%s was never called on calibration data; left dense", name)
                         continue
-                    self._apply(name, module, stats[name], result)
+                    self._apply(name, module, stats.get(name), sparsities[i], result)
                 del stats
-            if i + 1 < len(blocks):
-                calibration.run_block(block, inputs, keep_outputs=True)
+                if inputs is not None and i + 1 < n:
+                    calibration.run_block(block, inputs, keep_outputs=True)
+                store.release(i, block, pruned=True)
+        if not any_layer:
+            raise PrunelabError("the target/ignore filter selects no layer to prune")
+        result.notes.extend(self.notes)
+        result.seconds = time.perf_counter() - start
+        return result
