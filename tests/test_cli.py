@@ -62,6 +62,8 @@ def test_prune_tiny_end_to_end(tiny_folder, tmp_path, capsys, no_network) -> Non
         assert key in report
     assert report["pattern"] == "2:4" and report["achieved_sparsity"] == 0.5
     assert corpus in report["perplexity"] and corpus in report["perplexity_before"]
+    change = report["perplexity_change"][corpus]
+    assert change == pytest.approx(report["perplexity"][corpus] / report["perplexity_before"][corpus] - 1)
     assert "perplexity [" in out
     meta = json.loads((out_dir / "prunelab.json").read_text())
     assert meta["base_model"] == str(tiny_folder)

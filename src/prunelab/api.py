@@ -126,6 +126,11 @@ def prune_job(
     if ppl:
         after = evaluate(lm.model, lm.tokenizer, ppl, seqlen, max_windows)
         report["perplexity"] = _ppl_dict(after)
+        if "perplexity_before" in report:
+            # Relative degradation per corpus: pruning calibrated on one kind of text can hurt another far more.
+            report["perplexity_change"] = {
+                k: v / report["perplexity_before"][k] - 1 for k, v in report["perplexity"].items()
+            }
         report["perplexity_eval"] = {k: v.to_dict() for k, v in after.items()}
     report.update(sparsity_report(lm.model))
     report["environment"] = environment()
