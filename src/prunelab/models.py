@@ -209,7 +209,7 @@ def _matches(name: str, patterns: list[str]) -> bool:
         if p.startswith("re:"):
             if re.search(p[3:], name):
                 return True
-        elif name == p or name.endswith("." + p) or f".{p}." in f".{name}.":
+        elif f".{p}." in f".{name}.":  # whole dotted components: "mlp" matches "model.layers.0.mlp.up_proj"
             return True
     return False
 
