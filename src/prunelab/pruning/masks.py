@@ -72,8 +72,11 @@ def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
     kth = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
+    mask = scores <= kth
+    if bool((mask.sum(dim=-1) == k).all()):  # the usual case: no tie straddles the threshold
+        return mask
     below = scores < kth
-    ties = scores == kth
+    ties = mask & ~below
     need = k - below.sum(dim=-1, keepdim=True)
     return below | (ties & (ties.cumsum(dim=-1) <= need))
 
