@@ -21,8 +21,15 @@ from prunelab.pruning.masks import Pattern, is_valid_nm
 
 def tiny(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=512, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=512,
+    )
     m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():
         for p in m.parameters():
@@ -32,8 +39,16 @@ def tiny(seed: int = 0) -> torch.nn.Module:
 
 
 def smollm_shaped() -> torch.nn.Module:
-    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                      num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
 
@@ -56,8 +71,10 @@ def main() -> None:
             same_mask = all(torch.equal(a == 0, b == 0) for a, b in zip(wc, wg, strict=True))
             max_diff = max(float((a - b).abs().max()) for a, b in zip(wc, wg, strict=True))
             nm_ok = pattern == "unstructured" or all(is_valid_nm(w, Pattern(2, 4)) for w in wg)
-            print(f"tiny {method:9s} {pattern:12s} achieved {r.achieved_sparsity:.4f} same mask as CPU: {same_mask} "
-                  f"max |w_gpu - w_cpu| {max_diff:.2e} N:M valid: {nm_ok}")
+            print(
+                f"tiny {method:9s} {pattern:12s} achieved {r.achieved_sparsity:.4f} same mask as CPU: {same_mask} "
+                f"max |w_gpu - w_cpu| {max_diff:.2e} N:M valid: {nm_ok}"
+            )
     calib = torch.randint(0, 49152, (32, 512), generator=torch.Generator().manual_seed(0))
     model = smollm_shaped().cuda()
     dense = {k: v.clone() for k, v in model.state_dict().items()}
@@ -79,8 +96,10 @@ def main() -> None:
             r = prune(model, cfg, calib=calib)
             torch.cuda.synchronize()
             el = time.perf_counter() - t
-            print(f"{method:9s} {pattern:12s} prune {el:6.2f} s ({el / floor:.2f} x floor) achieved "
-                  f"{r.achieved_sparsity:.4f} peak CUDA {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+            print(
+                f"{method:9s} {pattern:12s} prune {el:6.2f} s ({el / floor:.2f} x floor) achieved "
+                f"{r.achieved_sparsity:.4f} peak CUDA {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """prunelab: prune Hugging Face causal LMs and measure, honestly, what the pruning buys."""
 
-from prunelab.api import eval_job, evaluate, prune, prune_job, sparsity_report
+from prunelab.api import bench, bench_job, eval_job, evaluate, prune, prune_job, sparsity_report
 from prunelab.config import PruneConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import load_model
@@ -10,6 +10,8 @@ __all__ = [
     "METHODS",
     "PruneConfig",
     "PrunelabError",
+    "bench",
+    "bench_job",
     "eval_job",
     "evaluate",
     "get_method",

@@ -77,13 +77,41 @@ def _block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def module_device(module: nn.Module) -> torch.device | None:
+    """Where a module's weights live (None when it has none)."""
+    for t in module.parameters():
+        return t.device
+    return None
+
+
+def to_device(obj: Any, device: torch.device | None) -> Any:
+    """Move every tensor inside nested tuples, lists and dicts to `device` (a no-op for tensors already there).
+
+    Blocks of a model spread over several GPUs (`device_map`) or loaded one at a time (streaming) live on their
+    own device: their inputs, hidden states and keyword tensors alike (rotary cos/sin, masks), must follow them.
+    """
+    if device is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        items = [to_device(v, device) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)  # namedtuples take positionals
+    return obj
+
+
 def run_block(block: nn.Module, inputs: BlockInputs, keep_outputs: bool) -> None:
     """Run one block over every batch; with `keep_outputs` the outputs replace the inputs in place."""
+    device = module_device(block)
     with torch.no_grad():
         for i, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
+            hidden, kwargs = to_device(hidden, device), to_device(kwargs, device)
             out = _block_output(block(hidden, **kwargs))
             if keep_outputs:
                 inputs.hidden[i] = out.detach()
+                inputs.kwargs[i] = kwargs  # carried to the block's device once, not again for every later block
 
 
 class Statistic:
@@ -197,11 +225,12 @@ def collect_statistics(
 
         return hook
 
+    device = module_device(block)
     handles = [m.register_forward_pre_hook(hook_for(n), with_kwargs=True) for n, m in layers.items()]
     with hooks(handles), torch.no_grad():
         for i, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
             with contextlib.suppress(_StopForward):
-                block(hidden, **kwargs)
+                block(to_device(hidden, device), **to_device(kwargs, device))
             if i == 0:
                 state["first"] = False
                 seen.clear()

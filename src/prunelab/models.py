@@ -128,27 +128,43 @@ def resolve_model(spec: str | None) -> str:
     return spec  # a hub id: real users are online
 
 
-def load_model(spec: str | None = None, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def load_model(
+    spec: str | None = None, dtype: str = "auto", device: str = "cpu", device_map: str | None = None
+) -> LoadedModel:
     """Load a causal LM and its tokenizer (tokenizer may be None for a bare checkpoint).
 
     dtype "auto" means float32 on CPU (half-precision matmuls are slow there and pruning maths wants float32)
-    and the checkpoint's own dtype on a GPU.
+    and the checkpoint's own dtype on a GPU. `device_map` ("auto"...) spreads the blocks over every visible GPU
+    through accelerate, for models that fit across several GPUs but not on one; weights it would offload to the
+    CPU or disk are refused (they are meta placeholders that pruning cannot edit: use streaming for those).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise PrunelabError(f"unknown device map '{device_map}'; use one of {', '.join(DEVICE_MAPS)}")
+    if device_map is not None and device != "cpu":
+        raise PrunelabError("give --device or --device-map, not both")
     source = resolve_model(spec)
+    on_cpu = device == "cpu" if device_map is None else not torch.cuda.is_available()
     if dtype == "auto":
-        torch_dtype: Any = torch.float32 if device == "cpu" else "auto"
+        torch_dtype: Any = torch.float32 if on_cpu else "auto"
     else:
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
             raise PrunelabError(f"unknown dtype '{dtype}'; use auto, float32, float16 or bfloat16")
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PrunelabError(f"could not load model '{source}': {first}") from e
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device)
+    elif any(p.is_meta for p in model.parameters()):
+        raise PrunelabError(f"'{source}' does not fit on the GPUs (device map offloads weights): use --streaming")
+    model.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError) as e:

@@ -11,12 +11,16 @@ from prunelab.pruning.base import LayerResult, LayerwisePruner, Pruner, PruneRes
 from prunelab.pruning.magnitude import Magnitude
 from prunelab.pruning.masks import Pattern, parse_pattern
 from prunelab.pruning.sparsegpt import SparseGPT
+from prunelab.pruning.structured import Structured
+from prunelab.pruning.trajectory import Trajectory
 from prunelab.pruning.wanda import Wanda
 
 METHODS: dict[str, type[Pruner]] = {
     "magnitude": Magnitude,
     "wanda": Wanda,
     "sparsegpt": SparseGPT,
+    "structured": Structured,
+    "trajectory": Trajectory,
 }
 
 

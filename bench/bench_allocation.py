@@ -1,0 +1,153 @@
+"""SmolLM2-135M ablations: uniform vs OWL layer-wise sparsity, and where the calibration text comes from.
+
+Table 1 (`owl`): Wanda and SparseGPT at 50/60/70/80% unstructured sparsity, uniform vs OWL allocation (lambda
+0.08, M 5, the paper's defaults), perplexity on WikiText-2 test windows. Table 2 (`calib`): the same methods at
+one sparsity calibrated on WikiText-2 (validation text) or on Shakespeare (training plays), each evaluated on both
+WikiText-2 test and the held-out Shakespeare plays: does pruning calibrated on one kind of text hurt the other?
+
+One process: the model is loaded once and its dense weights restored before every configuration; calibration
+windows and evaluation windows are built once per source. Results are appended to a JSON file after each
+configuration, so an interrupted run resumes where it stopped.
+
+    python bench/bench_allocation.py --shared ../shared --out bench/out/allocation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from prunelab import PruneConfig, data, load_model, prune
+from prunelab._util import environment
+from prunelab.evaluation.perplexity import perplexity
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default="../shared", help="folder holding data/wikitext-2*/")
+    ap.add_argument("--out", default="bench/out/allocation")
+    ap.add_argument("--parts", nargs="+", default=["calib", "owl"], choices=["calib", "owl"])
+    ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
+    ap.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.6, 0.7, 0.8])
+    ap.add_argument("--calib-sparsity", type=float, default=0.5)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--windows", type=int, default=40)
+    ap.add_argument("--owl-lambda", type=float, default=0.08)
+    ap.add_argument("--owl-m", type=float, default=5.0)
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    calib_sources = {"wikitext": f"{args.shared}/data/wikitext-2/valid.txt", "shakespeare": "shakespeare"}
+    eval_sources = {
+        "wikitext": f"wikitext2:{args.shared}/data/wikitext-2-raw/wiki.test.raw",
+        "shakespeare": "shakespeare",
+    }
+
+    plan: list[tuple[str, float, str, str, list[str]]] = []  # method, sparsity, allocation, calib, evals
+    if "calib" in args.parts:
+        for method in args.methods:
+            for calib in calib_sources:
+                plan.append((method, args.calib_sparsity, "uniform", calib, ["wikitext", "shakespeare"]))
+    if "owl" in args.parts:
+        for method in args.methods:
+            for sparsity in args.sparsities:
+                for allocation in ("uniform", "owl"):
+                    plan.append((method, sparsity, allocation, "wikitext", ["wikitext"]))
+
+    lm = load_model()
+    dense = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    windows: dict[str, torch.Tensor] = {}
+    calib_windows: dict[str, torch.Tensor] = {}
+
+    def evaluate(names: list[str]) -> dict[str, dict]:
+        out_ = {}
+        for name in names:
+            if name not in windows:
+                ids = data.tokenize(lm.tokenizer, data.load_text(eval_sources[name], "eval").text)
+                windows[name] = data.eval_windows(ids, args.seqlen, args.windows)
+            out_[name] = perplexity(lm.model, windows[name], desc=f"ppl {name}").to_dict()
+        return out_
+
+    def save() -> None:
+        results["_meta"] = {"args": vars(args), "environment": environment(), "model": lm.source}
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+
+    needed_dense = sorted({e for *_, evals in plan for e in evals})
+    have = results.get("dense", {}).get("ppl", {})
+    missing = [e for e in needed_dense if e not in have]
+    if missing:
+        results.setdefault("dense", {"ppl": {}})["ppl"].update(evaluate(missing))
+        save()
+    for method, sparsity, allocation, calib, evals in plan:
+        key = f"{method}|{sparsity:g}|{allocation}|{calib}"
+        cached = results.get(key, {}).get("ppl", {})
+        if all(e in cached for e in evals):
+            continue
+        evals = sorted(set(evals) | set(cached))
+        if calib not in calib_windows:
+            calib_windows[calib] = data.calibration_data(
+                lm.tokenizer, calib_sources[calib], args.samples, args.seqlen, seed=0
+            )
+        lm.model.load_state_dict(dense)
+        cfg = PruneConfig(
+            method=method,
+            sparsity=sparsity,
+            allocation=allocation,
+            calib=calib_sources[calib],
+            calib_samples=args.samples,
+            calib_seqlen=args.seqlen,
+            owl_lambda=args.owl_lambda,
+            owl_m=args.owl_m,
+        )
+        started = time.perf_counter()
+        result = prune(lm.model, cfg, calib=calib_windows[calib])
+        prune_s = time.perf_counter() - started
+        results[key] = {
+            "method": method,
+            "sparsity": sparsity,
+            "allocation": allocation,
+            "calib": calib,
+            "achieved_sparsity": result.achieved_sparsity,
+            "prune_seconds": prune_s,
+            "block_sparsity": result.extra["allocation"]["block_sparsity"],
+            "ppl": evaluate(evals),
+        }
+        save()
+        ppl = ", ".join(f"{k} {v['perplexity']:.2f}" for k, v in results[key]["ppl"].items())
+        print(f"{key}: achieved {result.achieved_sparsity:.4f}, prune {prune_s:.0f} s, ppl {ppl}", flush=True)
+    print_tables(results, args)
+
+
+def print_tables(results: dict, args: argparse.Namespace) -> None:
+    def ppl(key: str, source: str) -> str:
+        r = results.get(key, {}).get("ppl", {}).get(source)
+        return f"{r['perplexity']:.2f}" if r else "-"
+
+    dense = results["dense"]["ppl"]
+    print("\ndense: " + ", ".join(f"{k} {v['perplexity']:.2f}" for k, v in dense.items()))
+    if "owl" in args.parts:
+        print("\n| method | sparsity | uniform | OWL |")
+        print("|---|---|---|---|")
+        for method in args.methods:
+            for s in args.sparsities:
+                row = [ppl(f"{method}|{s:g}|{a}|wikitext", "wikitext") for a in ("uniform", "owl")]
+                print(f"| {method} | {s:.0%} | {row[0]} | {row[1]} |")
+    if "calib" in args.parts:
+        print(f"\n| method ({args.calib_sparsity:.0%}) | calibrated on | WikiText-2 ppl | Shakespeare ppl |")
+        print("|---|---|---|---|")
+        for method in args.methods:
+            for calib in ("wikitext", "shakespeare"):
+                key = f"{method}|{args.calib_sparsity:g}|uniform|{calib}"
+                print(f"| {method} | {calib} | {ppl(key, 'wikitext')} | {ppl(key, 'shakespeare')} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The benchmark of one in-memory model: latency, throughput, memory, size, energy and carbon in one report.
+
+Order matters: (if asked and possible) 2:4 layers are swapped for sparse kernels, sizes being measured on the plain
+weights just before; then the timed runs, inside one memory phase, each timed block metered for energy; then sizes
+on disk, so the checkpoint writing does not inflate the inference phase's peak memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psutil
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from prunelab._util import environment
+from prunelab.config import StrictModel
+from prunelab.measurement.carbon import GridIntensity, grams_co2eq, grid_intensity
+from prunelab.measurement.energy import DEFAULT_CPU_WATTS, ENERGY_CHOICES, EnergyReading, select_meter
+from prunelab.measurement.latency import decode, prefill
+from prunelab.measurement.memory import PeakMemory
+from prunelab.measurement.size import measure_sizes, unique_tensors
+from prunelab.measurement.sparse_kernels import apply_semi_structured, semi_structured_unavailable
+from prunelab.measurement.timing import set_threads
+
+log = logging.getLogger(__name__)
+
+
+class BenchConfig(StrictModel):
+    """What to measure and how (the `prunelab bench` flags)."""
+
+    prompt_lens: list[int] = Field(default_factory=lambda: [128, 512], min_length=1)
+    gen_len: int = Field(64, ge=2)
+    batches: list[int] = Field(default_factory=lambda: [1, 8], min_length=1)
+    repeats: int = Field(5, ge=1)
+    warmup: int = Field(1, ge=0)
+    threads: int | None = Field(None, ge=1)
+    energy: str = "auto"
+    country: str | None = None
+    grid_intensity: float | None = Field(None, ge=0)
+    cpu_watts: float = Field(DEFAULT_CPU_WATTS, gt=0)
+    sparse_kernels: bool = False
+    size: bool = True
+    seed: int = 0
+
+    @field_validator("prompt_lens", "batches")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"values must be >= 1, got {v}")
+        return v
+
+    @field_validator("energy")
+    @classmethod
+    def _energy(cls, v: str) -> str:
+        if v not in ENERGY_CHOICES:
+            raise ValueError(f"must be one of {', '.join(ENERGY_CHOICES)}, got '{v}'")
+        return v
+
+    def intensity(self) -> GridIntensity:
+        return grid_intensity(self.country, self.grid_intensity)
+
+
+def hardware(model: nn.Module, device: torch.device, threads: int) -> dict[str, Any]:
+    """Machine, versions, dtype and threads recorded with every result."""
+    hw = environment()
+    hw.update(
+        device=str(device),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        torch_threads=threads,
+        memory_total_mb=psutil.virtual_memory().total / 2**20,
+    )
+    if device.type == "cuda":
+        hw["gpu"] = torch.cuda.get_device_name(device)
+        hw["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    return hw
+
+
+def _joules(readings: list[EnergyReading | None]) -> float:
+    return sum(r.joules for r in readings if r is not None)
+
+
+def _energy_report(
+    meter_info: dict[str, Any] | None,
+    skipped: list[str],
+    prefills: list[tuple[int, Any]],
+    dec: Any,
+    throughputs: dict[int, Any],
+    cfg: BenchConfig,
+) -> dict[str, Any]:
+    if meter_info is None:
+        return {"energy_source": "off", "is_estimate": None, "joules": None, "joules_per_token": None}
+    prefill_tokens = sum(length * cfg.repeats for length, _ in prefills)
+    prefill_j = _joules([m.energy for _, m in prefills])
+    run_j = dec.energy.joules / cfg.repeats
+    first = prefills[0][1]  # same prompt length as the decode runs
+    prompt_j = first.energy.joules / cfg.repeats if first.energy else 0.0
+    readings = [m.energy for _, m in prefills] + [dec.energy] + [t.energy for b, t in throughputs.items() if b != 1]
+    seconds = sum(r.seconds for r in readings if r is not None)
+    overhead = sum(r.overhead_s for r in readings if r is not None)
+    return {
+        **meter_info,
+        "joules": run_j,
+        "joules_per_token": (run_j - prompt_j) / cfg.gen_len,
+        "joules_per_request_token": run_j / cfg.gen_len,
+        "joules_per_1k_prefill_tokens": prefill_j / prefill_tokens * 1000,
+        "joules_per_token_by_batch": {
+            str(b): (t.energy.joules / (cfg.repeats * b * cfg.gen_len) if t.energy else None)
+            for b, t in throughputs.items()
+        },
+        "definitions": {
+            "joules": f"one request: batch 1, {cfg.prompt_lens[0]} prompt + {cfg.gen_len} generated tokens",
+            "joules_per_token": "per generated token: (joules - measured prefill energy of the prompt) / gen_len",
+            "joules_per_request_token": "joules / gen_len (the prompt's prefill shared out over generated tokens)",
+        },
+        "joules_total": _joules(readings),
+        "metered_seconds": seconds,
+        "overhead_s": overhead,
+        "overhead_fraction": overhead / seconds if seconds else None,
+        "details": dec.energy.details,
+        "skipped_sources": skipped,
+    }
+
+
+def _carbon_report(energy: dict[str, Any], intensity: GridIntensity, cfg: BenchConfig) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "grid_intensity": intensity.g_per_kwh,
+        "country": intensity.country,
+        "intensity_source": intensity.source,
+        "request_shape": {"prompt_tokens": cfg.prompt_lens[0], "generated_tokens": cfg.gen_len, "batch": 1},
+    }
+    if energy.get("joules") is None:
+        return {**report, "g_co2eq_per_1k_tokens": None, "g_co2eq_per_1k_prefill_tokens": None}
+    g = intensity.g_per_kwh
+    return {
+        **report,
+        "g_co2eq_per_1k_tokens": grams_co2eq(energy["joules_per_token"] * 1000, g),
+        "g_co2eq_per_1k_prefill_tokens": grams_co2eq(energy["joules_per_1k_prefill_tokens"], g),
+        "g_co2eq_per_million_requests": grams_co2eq(energy["joules"] * 1e6, g),
+        "is_estimate": energy["is_estimate"],
+    }
+
+
+def _prunable_sparsity(layers: dict[str, nn.Module]) -> float:
+    weights = [m.weight for m in layers.values() if isinstance(getattr(m, "weight", None), torch.Tensor)]
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
+
+
+def _measure_sizes(model: nn.Module, size: dict[str, Any]) -> None:
+    size.update(measure_sizes(model))
+    if next(model.parameters()).dtype == torch.float32:
+        size["float16"] = measure_sizes(model, torch.float16)
+
+
+def run_bench(
+    model: nn.Module,
+    cfg: BenchConfig,
+    layers: dict[str, nn.Module] | None = None,
+    phases: list[PeakMemory] | None = None,
+) -> dict[str, Any]:
+    """Measure `model` as `cfg` says. `layers` are its prunable layers (for sparsity and 2:4 kernels); `phases`
+    are memory phases measured by the caller (load, prune), reported alongside inference. torch's thread count is
+    restored afterwards."""
+    previous = torch.get_num_threads()
+    try:
+        return _run_bench(model, cfg, set_threads(cfg.threads), layers or {}, phases or [])
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_bench(
+    model: nn.Module, cfg: BenchConfig, threads: int, layers: dict[str, nn.Module], phases: list[PeakMemory]
+) -> dict[str, Any]:
+    device = next(model.parameters()).device
+    intensity = cfg.intensity()
+    meter, skipped = select_meter(cfg.energy, str(device), cpu_watts=cfg.cpu_watts)
+    sparsity = _prunable_sparsity(layers)
+    notes: list[str] = []
+
+    tensors, _ = unique_tensors(model)
+    size: dict[str, Any] = {
+        "params": sum(t.numel() for t in tensors.values()),
+        "nonzero_params": sum(int(torch.count_nonzero(t)) for t in tensors.values()),
+        "weight_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+        "prunable_sparsity": sparsity,
+    }
+    kernels: dict[str, Any] = {"requested": cfg.sparse_kernels, "used": False}
+    if cfg.sparse_kernels:
+        reason = semi_structured_unavailable(device)
+        if not reason and cfg.size:
+            _measure_sizes(model, size)  # before the swap, which changes how weights are stored
+        if reason:
+            kernels["reason"] = reason
+            notes.append(f"--sparse-kernels skipped: {reason}")
+            log.warning("sparse kernels skipped: %s", reason)
+        else:
+            kernels.update(apply_semi_structured(layers))
+            kernels["used"] = kernels["converted"] > 0
+    if sparsity > 0.01 and not kernels["used"]:
+        notes.append(
+            f"{sparsity:.0%} of the prunable weights are zero, but they run through dense kernels, which multiply "
+            "zeros like any other value: expect the dense model's latency and throughput (bench/RESULTS.md "
+            "measures it). Here pruning buys size on disk (size.compact_bytes), not speed."
+        )
+
+    model.eval()
+    with PeakMemory("inference", device) as mem:
+        prefills = [
+            (length, prefill(model, length, cfg.warmup, cfg.repeats, meter, cfg.seed)) for length in cfg.prompt_lens
+        ]
+        throughputs: dict[int, Any] = {}
+        dec, throughputs[1] = decode(
+            model, cfg.prompt_lens[0], cfg.gen_len, cfg.warmup, cfg.repeats, 1, meter, cfg.seed
+        )
+        for b in cfg.batches:
+            if b != 1:
+                _, throughputs[b] = decode(
+                    model, cfg.prompt_lens[0], cfg.gen_len, cfg.warmup, cfg.repeats, b, meter, cfg.seed
+                )
+    if cfg.size and "dense_bytes" not in size:
+        # After the timed runs: writing checkpoints leaves freed buffers in the allocator, which would inflate the
+        # inference phase's resident memory.
+        _measure_sizes(model, size)
+    all_phases = [*phases, mem]
+    memory = {
+        "peak_rss_mb": max(p.peak_rss_mb for p in all_phases),
+        "phases": {p.phase: p.to_dict() for p in all_phases},
+    }
+    if device.type == "cuda":
+        memory["peak_cuda_mb"] = max(p.peak_cuda_mb or 0.0 for p in all_phases)
+
+    latency = {
+        "prefill_ms": {str(length): m.stats.to_dict() for length, m in prefills},
+        "decode_tokens_per_s": dec.stats.to_dict(),
+        "first_token_ms_in_generate": dec.extra["first_token_ms"],
+        "prefill_cpu_ms": {str(length): m.extra["cpu_ms"].to_dict() for length, m in prefills},
+        "generate_cpu_ms_per_token": {
+            str(b): t.extra["cpu_ms_per_token"].to_dict() for b, t in sorted(throughputs.items())
+        },
+        "throughput_tokens_per_s": {str(b): t.stats.to_dict() for b, t in sorted(throughputs.items())},
+        "protocol": {
+            "warmup": cfg.warmup,
+            "repeats": cfg.repeats,
+            "threads": threads,
+            "gen_len": cfg.gen_len,
+            "decode_prompt_len": cfg.prompt_lens[0],
+            "decoding": "greedy, EOS ignored (min_new_tokens = max_new_tokens), KV cache on",
+            "prompts": f"random token ids, seed {cfg.seed}",
+        },
+    }
+    energy = _energy_report(meter.describe() if meter else None, skipped, prefills, dec, throughputs, cfg)
+    return {
+        "latency": latency,
+        "memory": memory,
+        "size": size,
+        "energy": energy,
+        "carbon": _carbon_report(energy, intensity, cfg),
+        "sparse_kernels": kernels,
+        "hardware": hardware(model, device, threads),
+        "notes": notes,
+        "config": cfg.model_dump(),
+    }

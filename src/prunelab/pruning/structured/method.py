@@ -1,0 +1,316 @@
+"""The registered method `structured`: remove MLP channels, attention heads (GQA-aware) or whole decoder layers.
+
+`sparsity` here is the fraction of decoder-block parameters removed (embeddings and lm_head stay). Every layer
+loses the same number of units (the saved config has one intermediate_size and one head count), so the request is
+rounded to the nearest whole number of units per layer and the achieved reduction is reported next to it, with
+the parameter counts and the ratio of per-token multiplies (every Linear, lm_head included: the decode bound).
+
+Order of work: plan the unit counts and refuse impossible requests *before* touching the model; score units
+(importance.py); cut them (surgery.py), block by block. Activation scores and bias compensation follow the
+sequential protocol of the layer-wise methods: block i is scored on the outputs of the already pruned blocks.
+Compensation (FLAP): the removed units' mean contribution W[:, removed] E[x_removed] goes into the bias of the
+output projection. Optional LoRA recovery (recover.py) runs last. `check_loadable` proves the result reloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunelab import calibration
+from prunelab.config import PruneConfig
+from prunelab.errors import PrunelabError
+from prunelab.models import find_blocks, is_prunable, weight_2d
+from prunelab.pruning.base import LayerResult, Pruner, PruneResult
+from prunelab.pruning.structured import importance as imp
+from prunelab.pruning.structured import surgery
+
+log = logging.getLogger(__name__)
+
+Target = Literal["mlp", "heads", "layers", "mlp+heads"]
+Importance = Literal["magnitude", "activation", "block-influence"]
+
+
+class StructuredOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: Target = "mlp"
+    importance: Importance | None = Field(None, description="default: activation; block-influence for layers")
+    compensate: bool = Field(False, description="FLAP bias compensation of the removed units' mean output")
+    recover_steps: int = Field(0, ge=0, description="LoRA fine-tune steps on the calibration windows (needs peft)")
+    recover_lr: float = Field(2e-4, gt=0)
+    recover_rank: int = Field(8, ge=1)
+    recover_batch_size: int = Field(1, ge=1)
+
+
+@dataclass
+class Plan:
+    """Units removed in every layer: MLP channels, whole KV groups, query heads per kept group; or layers."""
+
+    channels: int = 0
+    kv_groups: int = 0
+    q_per_group: int = 0
+    layers: int = 0
+
+
+def macs_per_token(model: nn.Module) -> int:
+    """Multiplies per token in every Linear/Conv1D (blocks and lm_head; attention scores not counted)."""
+    return sum(weight_2d(m).numel() for m in model.modules() if is_prunable(m))
+
+
+class Structured(Pruner):
+    name = "structured"
+    summary = "remove MLP channels, attention heads (GQA-aware) or layers; smaller, faster (FLAP/ShortGPT)"
+    kind: ClassVar[str] = "structured"
+    Options = StructuredOptions
+
+    def __init__(self, cfg: PruneConfig) -> None:
+        super().__init__(cfg)
+        o: StructuredOptions = self.options
+        if self.pattern.is_nm:
+            raise PrunelabError("structured pruning removes whole units; an N:M --pattern does not apply")
+        if getattr(cfg, "allocation", "uniform") != "uniform":
+            raise PrunelabError("--allocation applies to layer-wise methods; structured pruning is uniform per layer")
+        if cfg.targets or cfg.ignore:
+            raise PrunelabError("--targets/--ignore do not apply to structured pruning; choose units with --target")
+        self.importance = o.importance or ("block-influence" if o.target == "layers" else "activation")
+        if (self.importance == "block-influence") != (o.target == "layers"):
+            raise PrunelabError(
+                f"importance '{self.importance}' does not apply to target '{o.target}': "
+                "block-influence scores whole layers; mlp and heads use magnitude or activation"
+            )
+        if o.compensate and o.target == "layers":
+            raise PrunelabError("--compensate applies to mlp/heads targets, not to removed layers")
+
+    @property
+    def needs_calibration(self) -> bool:
+        o: StructuredOptions = self.options
+        return self.importance != "magnitude" or o.compensate or o.recover_steps > 0
+
+    # ---- planning -------------------------------------------------------------------------------------------
+    def _plan(self, model: nn.Module, specs: list[surgery.BlockSpec], block_params: list[int]) -> Plan:
+        target = self.options.target
+        spec, n_layers, s, block = specs[0], len(specs), self.sparsity, block_params[0]
+        per_layer = s * sum(block_params) / n_layers
+        if target == "layers":
+            n = round(s * n_layers)
+            if n == 0:
+                raise PrunelabError(f"sparsity {s:g} is too small to remove one of {n_layers} layers")
+            if n >= n_layers:
+                raise PrunelabError(f"sparsity {s:g} would remove all {n_layers} decoder layers")
+            return Plan(layers=n)
+        plan = Plan()
+        c_ch, c_q, c_kv = (spec.params_per_unit(k) for k in ("ch", "q", "kv"))
+        g = spec.group_size
+        if target in ("heads", "mlp+heads"):
+            attn_params = spec.n_kv * (c_kv + g * c_q)
+            goal = per_layer if target == "heads" else s * attn_params
+            options = [(k, r) for k in range(spec.n_kv + 1) for r in range(g)]
+            k, r = min(options, key=lambda kr: (abs(self._head_params(spec, *kr) - goal), -kr[0], -kr[1]))
+            if k == spec.n_kv:
+                most = self._head_params(spec, spec.n_kv - 1, g - 1) / block
+                raise PrunelabError(
+                    f"sparsity {s:g} would remove every attention head (attention is "
+                    f"{attn_params / block:.1%} of the decoder-block parameters; target "
+                    f"'{target}' can remove at most {most:.1%} through heads)"
+                )
+            if target == "heads" and k == r == 0:
+                raise PrunelabError(f"sparsity {s:g} is too small to remove one query head per KV group")
+            if (k, r) != (0, 0):
+                heads, kv = (spec.n_kv - k) * (g - r), spec.n_kv - k
+                if not surgery.heads_loadable(model, spec, heads, kv):
+                    raise PrunelabError(
+                        f"{type(model).__name__} derives head_dim from hidden_size / num_attention_heads, so it cannot "
+                        "load a model with fewer heads; use --target mlp or layers"
+                    )
+            plan.kv_groups, plan.q_per_group = k, r
+        if target in ("mlp", "mlp+heads"):
+            rest = per_layer - self._head_params(spec, plan.kv_groups, plan.q_per_group)
+            n = max(0, round(rest / c_ch))
+            if n >= spec.n_channels:
+                raise PrunelabError(
+                    f"sparsity {s:g} would leave no MLP channel (removing {n} of {spec.n_channels} per layer); the "
+                    f"MLP is {spec.n_channels * c_ch / block:.1%} of the decoder-block parameters"
+                )
+            if target == "mlp" and n == 0:
+                raise PrunelabError(f"sparsity {s:g} is too small to remove one MLP channel per layer")
+            plan.channels = n
+        return plan
+
+    @staticmethod
+    def _head_params(spec: surgery.BlockSpec, k: int, r: int) -> int:
+        g, c_q, c_kv = spec.group_size, spec.params_per_unit("q"), spec.params_per_unit("kv")
+        return k * (c_kv + g * c_q) + (spec.n_kv - k) * r * c_q
+
+    # ---- pruning --------------------------------------------------------------------------------------------
+    def prune(self, model: nn.Module, calib: torch.Tensor | None) -> PruneResult:
+        start = time.perf_counter()
+        o: StructuredOptions = self.options
+        if self.needs_calibration and calib is None:
+            raise PrunelabError(f"method '{self.name}' with these options needs calibration data")
+        prefix, blocks = find_blocks(model)
+        specs = [surgery.block_spec(b, model.config) for b in blocks]
+        block_params = [sum(p.numel() for p in b.parameters()) for b in blocks]
+        shapes = {(s.n_channels, s.n_heads, s.n_kv, s.head_dim) for s in specs}
+        if len(shapes) > 1 or len(set(block_params)) > 1:
+            raise PrunelabError("structured pruning needs identical decoder blocks; this model's blocks differ")
+        params_before, macs_before = sum(p.numel() for p in model.parameters()), macs_per_token(model)
+        plan = self._plan(model, specs, block_params)
+        do_mlp, do_heads = plan.channels > 0, plan.kv_groups + plan.q_per_group > 0
+        if o.compensate:  # refuse before any change, then give the output projections a bias
+            for which in ("mlp",) * do_mlp + ("attn",) * do_heads:
+                surgery.enable_output_bias(model, specs[0], which, apply=False)
+            for which in ("mlp",) * do_mlp + ("attn",) * do_heads:
+                surgery.enable_output_bias(model, specs[0], which, apply=True)
+        compensated_params = sum(p.numel() for b in blocks for p in b.parameters())
+        structure_before = self._structure(specs, len(blocks))
+        with torch.no_grad():
+            if plan.layers:
+                dropped = self._drop_layers(model, blocks, calib, plan.layers)
+            else:
+                dropped = []
+                self._prune_units(model, specs, calib, plan, do_mlp, do_heads)
+                surgery.update_config(model, specs[0])
+        recovery = None
+        if o.recover_steps:
+            from prunelab.pruning.structured.recover import lora_recover
+
+            assert calib is not None
+            with torch.enable_grad():
+                recovery = lora_recover(
+                    model, calib, o.recover_steps, o.recover_lr, o.recover_rank, o.recover_batch_size, self.cfg.seed
+                )
+        surgery.check_loadable(model)
+
+        result = PruneResult(self.name, o.target, self.sparsity)
+        kept = [i for i in range(len(block_params)) if i not in set(dropped)]
+        after = dict(zip(kept, (sum(p.numel() for p in b.parameters()) for b in blocks), strict=True))
+        for i, numel in enumerate(block_params):
+            removed = numel - after[i] if i in after else numel
+            result.layers[f"{prefix}.{i}"] = LayerResult(numel, max(removed, 0), self.sparsity)
+        block_before, block_after = sum(block_params), sum(after.values())
+        params_after, macs_after = sum(p.numel() for p in model.parameters()), macs_per_token(model)
+        result.extra = {
+            "target": o.target,
+            "importance": self.importance,
+            "compensate": o.compensate,
+            "params_before": params_before,
+            "params_after": params_after,
+            "block_params_before": block_before,
+            "block_params_after": block_after,
+            "achieved_reduction": 1 - block_after / block_before,
+            "bias_params_added": compensated_params - block_before,
+            "flops_ratio": macs_after / macs_before,
+            "decode_speedup_bound": macs_before / macs_after,
+            "structure_before": structure_before,
+            "structure_after": self._structure([surgery.block_spec(b, model.config) for b in blocks], len(blocks)),
+            "removed_layers": dropped,
+            "recovery": recovery,
+        }
+        result.seconds = time.perf_counter() - start
+        log.info(
+            "structured %s: %.1f%% of block params removed (asked %.1f%%), params %d -> %d, flops x%.3f",
+            o.target, 100 * result.extra["achieved_reduction"], 100 * self.sparsity, params_before, params_after,
+            result.extra["flops_ratio"],
+        )  # fmt: skip
+        return result
+
+    @staticmethod
+    def _structure(specs: list[surgery.BlockSpec], layers: int) -> dict[str, int]:
+        s = specs[0]
+        return {"layers": layers, "mlp_channels": s.n_channels, "attention_heads": s.n_heads, "kv_heads": s.n_kv}
+
+    def _batch_size(self, model: nn.Module) -> int:
+        device = next(model.parameters()).device
+        return self.cfg.calib_batch_size or (1 if device.type == "cpu" else 8)
+
+    def _drop_layers(self, model: nn.Module, blocks: nn.ModuleList, calib: torch.Tensor | None, n: int) -> list[int]:
+        """ShortGPT: score every block on the dense model's hidden states, drop the n least influential."""
+        assert calib is not None
+        inputs = calibration.capture_block_inputs(model, blocks[0], calib, self._batch_size(model))
+        scores = []
+        for block in tqdm(list(blocks), desc="block influence", unit="block"):
+            before = list(inputs.hidden)
+            calibration.run_block(block, inputs, keep_outputs=True)
+            scores.append(imp.block_influence(calibration.BlockInputs(before, inputs.kwargs), inputs.hidden))
+        del inputs
+        drop = sorted(sorted(range(len(scores)), key=lambda i: (scores[i], i))[:n])
+        log.info("block influence %s; removing layers %s", [round(x, 4) for x in scores], drop)
+        surgery.remove_layers(model, drop)
+        return drop
+
+    def _prune_units(
+        self,
+        model: nn.Module,
+        specs: list[surgery.BlockSpec],
+        calib: torch.Tensor | None,
+        plan: Plan,
+        do_mlp: bool,
+        do_heads: bool,
+    ) -> None:
+        o: StructuredOptions = self.options
+        calibrated = self.importance == "activation" or o.compensate
+        inputs = None
+        if calibrated:
+            assert calib is not None
+            inputs = calibration.capture_block_inputs(model, specs[0].block, calib, self._batch_size(model))
+        for i, spec in enumerate(tqdm(specs, desc=f"structured {o.target}", unit="block")):
+            stats: dict[str, imp.MeanVar] = {}
+            if inputs is not None:
+                outs = {"mlp": spec.mlp_out.module} if do_mlp else {}
+                outs.update({"attn": spec.attn_out.module} if do_heads else {})
+                stats = calibration.collect_statistics(  # type: ignore[assignment]
+                    spec.block, outs, inputs, lambda m: imp.MeanVar(weight_2d(m).shape[1], weight_2d(m).device)
+                )
+            mean = stats if o.compensate else {}  # what _silence moves into the bias
+            keep: list[int] = []
+            if do_mlp:
+                scores = imp.channel_scores(spec, self.importance, stats.get("mlp"), o.compensate)
+                order = torch.argsort(scores, descending=True, stable=True)
+                keep = sorted(order[: spec.n_channels - plan.channels].tolist())
+                self._silence(spec.mlp_out, spec.mlp_out.indices({"ch": keep}), mean.get("mlp"))
+            if do_heads:
+                q, groups = imp.head_scores(spec, self.importance, stats.get("attn"), o.compensate)
+                keep_q, keep_kv = select_heads(q, groups, spec.group_size, plan.kv_groups, plan.q_per_group)
+                surgery.check_heads(spec, keep_q, keep_kv)
+                self._silence(spec.attn_out, spec.attn_out.indices({"q": keep_q}), mean.get("attn"))
+            # Propagate through the block with the removed units silenced (zero output columns: the same function
+            # as removing them, and the block still matches the config that some architectures read in forward).
+            if inputs is not None and i + 1 < len(specs):
+                calibration.run_block(spec.block, inputs, keep_outputs=True)
+            if do_mlp:
+                surgery.remove_channels(spec, keep)
+            if do_heads:
+                surgery.remove_heads(spec, keep_q, keep_kv)
+
+    @staticmethod
+    def _silence(part: surgery.Part, kept_cols: torch.Tensor, stat: imp.MeanVar | None) -> None:
+        """Zero the removed input columns of an output projection; with `stat`, first move their mean output
+        W[:, removed] E[x_removed] into the bias (FLAP compensation)."""
+        w = weight_2d(part.module)
+        removed = torch.ones(w.shape[1], dtype=torch.bool)
+        removed[kept_cols] = False
+        removed = removed.to(w.device)
+        if stat is not None:
+            shift = w[:, removed].float() @ stat.mean.to(w.device)[removed]
+            part.module.bias.data += shift.to(part.module.bias.dtype)
+        w[:, removed] = 0.0
+
+
+def select_heads(
+    q_scores: torch.Tensor, group_scores: torch.Tensor, g: int, drop_groups: int, drop_q: int
+) -> tuple[list[int], list[int]]:
+    """Drop the `drop_groups` lowest KV groups, then the `drop_q` lowest query heads of every kept group."""
+    n_kv = group_scores.numel()
+    keep_kv = sorted(torch.argsort(group_scores, descending=True, stable=True)[: n_kv - drop_groups].tolist())
+    keep_q: list[int] = []
+    for kv in keep_kv:
+        local = torch.argsort(q_scores[kv * g : (kv + 1) * g], descending=True, stable=True)[: g - drop_q]
+        keep_q.extend(sorted(kv * g + int(h) for h in local))
+    return keep_q, keep_kv

@@ -1,0 +1,77 @@
+"""The one registry of metrics a sweep records: name, unit, direction and kind.
+
+Every consumer (Pareto frontier, budget selection, plots, tables, CSV columns) reads direction and units from here,
+so "is higher better?" is answered in exactly one place. Kinds: `quality` (what pruning may cost), `cost` (what it
+may buy: size, speed, energy), `info` (recorded, never optimised).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["quality", "cost", "info"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    kind: Kind
+    log_scale: bool = False
+    fmt: str = ".4g"
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether value `a` is strictly better than `b`."""
+        return a > b if self.higher_is_better else a < b
+
+    def format(self, value: float | None) -> str:
+        if value is None:
+            return "-"
+        return format(value, self.fmt)
+
+
+_ALL = [
+    Metric("perplexity", "perplexity", "", False, "quality", log_scale=True, fmt=".3f"),
+    Metric("zeroshot_mean", "zero-shot accuracy (mean)", "", True, "quality", fmt=".4f"),
+    Metric("compact_size_mb", "compact checkpoint size", "MB", False, "cost", fmt=".1f"),
+    Metric("size_mb", "dense checkpoint size", "MB", False, "cost", fmt=".1f"),
+    Metric("nonzero_params", "non-zero parameters", "", False, "cost", fmt=",.0f"),
+    Metric("params", "parameters", "", False, "cost", fmt=",.0f"),
+    Metric("decode_tokens_per_s", "decode speed", "tokens/s", True, "cost", fmt=".1f"),
+    Metric("prefill_ms", "prefill latency", "ms", False, "cost", fmt=".1f"),
+    Metric("energy_j_per_token", "energy per generated token", "J/token", False, "cost", fmt=".4g"),
+    Metric("g_co2eq_per_1k_tokens", "carbon per 1k generated tokens", "gCO2eq", False, "cost", fmt=".4g"),
+    Metric("achieved_sparsity", "achieved sparsity", "", False, "info", fmt=".4f"),
+    Metric("prune_seconds", "pruning time", "s", False, "info", fmt=".1f"),
+]
+METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
+
+# `perplexity@SOURCE` (every evaluation source) and `acc@TASK` (every zero-shot task) share their base's definition.
+_FAMILIES = {"perplexity": "perplexity", "acc": "zeroshot_mean"}
+
+# The cost `--cost` defaults to: the first of these every compared point has. The compact checkpoint is a measured
+# file size that falls with every kind of pruning; speed only moves for structured pruning or sparse kernels.
+DEFAULT_COSTS = ("compact_size_mb", "nonzero_params", "size_mb")
+
+
+def metric(name: str) -> Metric:
+    """The definition of `name`, including the per-source/per-task families; unknown names are `info`."""
+    if name in METRICS:
+        return METRICS[name]
+    base, sep, arg = name.partition("@")
+    if sep and base in _FAMILIES:
+        m = METRICS[_FAMILIES[base]]
+        return Metric(name, f"{m.label if base == 'perplexity' else 'accuracy'} [{arg}]", m.unit, m.higher_is_better,
+                      m.kind, m.log_scale, m.fmt)  # fmt: skip
+    return Metric(name, name, "", True, "info")
+
+
+def quality_metrics() -> list[Metric]:
+    return [m for m in _ALL if m.kind == "quality"]
+
+
+def cost_metrics() -> list[Metric]:
+    return [m for m in _ALL if m.kind == "cost"]

@@ -1,0 +1,277 @@
+"""Run one sweep point on a model in memory: restore, prune, evaluate, measure.
+
+This module is the sweep's only contact with the rest of prunelab, through narrow adapters, one per concern:
+`prune_model` (pruning registry), `measure_perplexity` (evaluation.perplexity), `measure_zeroshot`
+(evaluation.zeroshot, issue 7), `measure_costs` (measurement.bench, issue 3). Each returns flat metrics named as in
+`prunelab.report.metrics`; a metric that was not measured is absent, never guessed.
+
+Restoring instead of reloading: mask-only methods change weight values, not shapes, so the dense weights are kept
+once as a CPU state dict and copied back before every point (a fraction of a second for a 135M model, against
+seconds for a reload). Structured points change shapes: they work on a deep copy of the restored model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab import data
+from prunelab.errors import PrunelabError
+from prunelab.evaluation.perplexity import perplexity
+from prunelab.models import LoadedModel, context_length, prunable_layers
+from prunelab.pruning import make_pruner
+from prunelab.sweep.config import Measurement, SweepConfig
+from prunelab.sweep.grid import Point
+from prunelab.sweep.store import crash_hook
+
+log = logging.getLogger(__name__)
+
+StageLog = Callable[[str], None]
+
+
+@dataclass
+class Context:
+    """What every point of one process shares: the model, its dense weights, and data computed once."""
+
+    cfg: SweepConfig
+    lm: LoadedModel
+    dense_state: dict[str, torch.Tensor] | None = None  # None: the model is fresh (a Ray task loads its own)
+    _calib: torch.Tensor | None = None
+    _windows: dict[str, torch.Tensor] = field(default_factory=dict)
+    _zeroshot_plan: Any = None
+
+    def calib(self) -> torch.Tensor:
+        if self._calib is None:
+            c = self.cfg.calibration
+            self._calib = data.calibration_data(self.lm.tokenizer, c.source, c.samples, c.seqlen, c.seed)
+        return self._calib
+
+    def windows(self, source: str) -> torch.Tensor:
+        if source not in self._windows:
+            ev = self.cfg.evaluation
+            ids = data.tokenize(self.lm.tokenizer, data.load_text(source, "eval").text)
+            self._windows[source] = data.eval_windows(ids, ev.seqlen, ev.max_windows)
+        return self._windows[source]
+
+    def zeroshot_plan(self) -> Any:
+        if self._zeroshot_plan is None:
+            from prunelab.evaluation.zeroshot import resolve_tasks
+
+            ev = self.cfg.evaluation
+            self._zeroshot_plan = resolve_tasks(ev.tasks, ev.task_data)
+        return self._zeroshot_plan
+
+
+# --- checks before any heavy work ----------------------------------------------------------------------------------
+
+
+def check_inputs(cfg: SweepConfig) -> None:
+    """Fail on unreadable sources and unknown zero-shot tasks before a model is loaded."""
+    for source in [cfg.calibration.source, *cfg.evaluation.ppl]:
+        data.check_source(source)
+    if cfg.evaluation.tasks:
+        from prunelab.evaluation.zeroshot import resolve_tasks
+
+        resolve_tasks(cfg.evaluation.tasks, cfg.evaluation.task_data)
+
+
+def check_model(cfg: SweepConfig, model: nn.Module) -> None:
+    limit = context_length(model)
+    longest = max(cfg.calibration.seqlen, cfg.evaluation.seqlen)
+    if cfg.measurement.enabled:
+        longest = max(longest, cfg.measurement.prompt_len + cfg.measurement.gen_len)
+    if limit is not None and longest > limit:
+        raise PrunelabError(f"a window of {longest} tokens is beyond the model's context length ({limit})")
+
+
+# --- dense weights -------------------------------------------------------------------------------------------------
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the state dict; tied tensors (embeddings/lm_head) are copied once and shared."""
+    copies: dict[tuple[Any, ...], torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        # Same storage, shape and dtype = one tied tensor; empty tensors all sit at address 0 and are kept apart.
+        key = (t.data_ptr(), tuple(t.shape), t.dtype) if t.numel() else (name,)
+        if key not in copies:
+            copies[key] = t.detach().to("cpu", copy=True)
+        state[name] = copies[key]
+    return state
+
+
+def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy the dense weights back in place (module identity and device are kept)."""
+    model.load_state_dict(state, strict=True)
+
+
+# --- adapters ------------------------------------------------------------------------------------------------------
+
+
+def prune_model(ctx: Context, model: nn.Module, point: Point) -> dict[str, Any]:
+    """Prune `model` in place as the point says (what `api.prune` does, with calibration shared across points)."""
+    cfg = point.prune
+    assert cfg is not None
+    pruner = make_pruner(cfg)
+    calib = ctx.calib() if pruner.needs_calibration else None
+    torch.manual_seed(cfg.seed)
+    result = pruner.prune(model, calib)
+    return {k: v for k, v in result.to_dict().items() if k != "layers"}
+
+
+def count_params(model: nn.Module) -> dict[str, float]:
+    """Parameters and non-zero parameters, each tensor counted once (tied embeddings are one tensor)."""
+    seen: set[int] = set()
+    params = nonzero = 0
+    for p in model.parameters():
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        params += p.numel()
+        nonzero += int(torch.count_nonzero(p))
+    return {"params": float(params), "nonzero_params": float(nonzero)}
+
+
+def measure_perplexity(ctx: Context, model: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
+    """`perplexity` (first source, the headline) and `perplexity@SOURCE` for every source."""
+    ev = ctx.cfg.evaluation
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    for i, source in enumerate(ev.ppl):
+        r = perplexity(model, ctx.windows(source), ev.batch_size, desc=f"ppl {source}")
+        if i == 0:
+            metrics["perplexity"] = r.perplexity
+        metrics[f"perplexity@{source}"] = r.perplexity
+        details[source] = r.to_dict()
+    return metrics, details
+
+
+def measure_zeroshot(ctx: Context, model: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
+    """`zeroshot_mean` and `acc@TASK` through prunelab.evaluation.zeroshot (lm-evaluation-harness)."""
+    from prunelab.evaluation.zeroshot import run_tasks, zeroshot_mean
+
+    ev = ctx.cfg.evaluation
+    results = run_tasks(model, ctx.lm.tokenizer, ctx.zeroshot_plan(), ev.limit, ev.batch_size)
+    metrics: dict[str, float] = {f"acc@{name}": r.acc for name, r in results.items()}
+    mean = zeroshot_mean(results)
+    if mean is not None:
+        metrics["zeroshot_mean"] = mean
+    return metrics, {name: r.to_dict() for name, r in results.items()}
+
+
+def bench_config(m: Measurement) -> Any:
+    """The sweep's measurement section as a `prunelab.measurement.BenchConfig`."""
+    from prunelab.measurement.bench import BenchConfig
+
+    fields: dict[str, Any] = {
+        "prompt_lens": [m.prompt_len],
+        "gen_len": m.gen_len,
+        "batches": m.batches,
+        "repeats": m.repeats,
+        "warmup": m.warmup,
+        "threads": m.threads,
+        "energy": m.energy,
+        "country": m.country,
+        "grid_intensity": m.grid_intensity,
+        "size": m.size,
+        "sparse_kernels": m.sparse_kernels,
+    }
+    if m.cpu_watts is not None:
+        fields["cpu_watts"] = m.cpu_watts
+    return BenchConfig(**fields)
+
+
+def _median(stats: Any) -> float | None:
+    return stats.get("median") if isinstance(stats, dict) else None
+
+
+def measure_costs(ctx: Context, model: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
+    """Size, latency, energy and carbon through `prunelab.measurement.run_bench` (the `prunelab bench` report)."""
+    from prunelab.measurement.bench import run_bench
+
+    m = ctx.cfg.measurement
+    report = run_bench(model, bench_config(m), prunable_layers(model))
+    size, latency = report.get("size", {}), report.get("latency", {})
+    energy, carbon = report.get("energy", {}), report.get("carbon", {})
+    raw: dict[str, Any] = {
+        "size_mb": size["dense_bytes"] / 1e6 if size.get("dense_bytes") else None,
+        "compact_size_mb": size["compact_bytes"] / 1e6 if size.get("compact_bytes") else None,
+        "prefill_ms": _median(latency.get("prefill_ms", {}).get(str(m.prompt_len))),
+        "decode_tokens_per_s": _median(latency.get("decode_tokens_per_s")),
+        "energy_j_per_token": energy.get("joules_per_token"),
+        "g_co2eq_per_1k_tokens": carbon.get("g_co2eq_per_1k_tokens"),
+    }
+    metrics = {k: float(v) for k, v in raw.items() if v is not None}
+    details = {
+        "energy": {k: energy.get(k) for k in ("energy_source", "is_estimate", "joules", "joules_per_token")},
+        "carbon": {k: carbon.get(k) for k in ("grid_intensity", "country", "intensity_source", "is_estimate")},
+        "latency": {k: latency.get(k) for k in ("prefill_ms", "decode_tokens_per_s", "throughput_tokens_per_s")},
+        "size": {k: v for k, v in size.items() if k not in ("encodings",)},
+        "hardware": report.get("hardware"),
+        "notes": report.get("notes", []),
+    }
+    return metrics, details
+
+
+# --- one point -----------------------------------------------------------------------------------------------------
+
+
+def run_point(ctx: Context, point: Point, stage_log: StageLog | None = None) -> dict[str, Any]:
+    """Measure one point; returns {metrics, details, timings, seconds, started_at, host} (see store.PointRecord)."""
+    say = stage_log or (lambda msg: log.info("%s: %s", point.label, msg))
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {}
+
+    def stage(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        timings[name] = time.perf_counter() - t0
+        say(f"{name} {timings[name]:.1f} s")
+        return out
+
+    model = ctx.lm.model
+    if ctx.dense_state is not None:
+        stage("restore", lambda: restore(model, ctx.dense_state))  # type: ignore[arg-type]
+    if point.structured:
+        model = copy.deepcopy(model)  # shapes change: never touch the shared model
+    try:
+        if point.prune is not None:
+            details["prune"] = stage("prune", lambda: prune_model(ctx, model, point))
+            metrics["achieved_sparsity"] = float(details["prune"]["achieved_sparsity"])
+            metrics["prune_seconds"] = float(details["prune"]["prune_seconds"])
+        else:
+            metrics["achieved_sparsity"] = 0.0
+        crash_hook("point", point.index)
+        metrics.update(count_params(model))
+        ppl_metrics, details["perplexity"] = stage("perplexity", lambda: measure_perplexity(ctx, model))
+        metrics.update(ppl_metrics)
+        if ctx.cfg.evaluation.tasks:
+            zs_metrics, details["zeroshot"] = stage("zero-shot", lambda: measure_zeroshot(ctx, model))
+            metrics.update(zs_metrics)
+        if ctx.cfg.measurement.enabled:
+            cost_metrics, cost_details = stage("measure", lambda: measure_costs(ctx, model))
+            metrics.update(cost_metrics)
+            details.update(cost_details)
+    finally:
+        if point.structured:
+            del model
+    return {
+        "metrics": metrics,
+        "details": details,
+        "timings": timings,
+        "seconds": time.perf_counter() - start,
+        "started_at": started_at,
+        "host": socket.gethostname(),
+    }

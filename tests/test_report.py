@@ -1,0 +1,177 @@
+"""Pareto frontier, budget selection, markdown and HTML report on hand-made points whose answers are known."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from prunelab.errors import PrunelabError
+from prunelab.report.build import build_report
+from prunelab.report.html import PLOT_IDS
+from prunelab.report.metrics import METRICS, metric
+from prunelab.report.pareto import Budget, dominates, pareto_front, select
+from prunelab.report.summary import markdown_summary
+
+
+@dataclass
+class P:
+    """A hand-made point (the fields the report reads from a stored record)."""
+
+    label: str
+    metrics: dict[str, float | None]
+    method: str = "magnitude"
+    pattern: str = "unstructured"
+    sparsity: float = 0.5
+    series: str = ""
+    index: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    host: str = "here"
+    point_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.series = self.series or self.method
+        self.point_id = self.point_id or self.label
+
+
+def labels(rows: list[P]) -> list[str]:
+    return [r.label for r in rows]
+
+
+def test_every_metric_declares_direction_and_kind() -> None:
+    assert metric("perplexity").higher_is_better is False and metric("perplexity").kind == "quality"
+    assert metric("zeroshot_mean").higher_is_better is True
+    assert metric("decode_tokens_per_s").higher_is_better is True and metric("decode_tokens_per_s").kind == "cost"
+    assert metric("compact_size_mb").higher_is_better is False
+    assert metric("perplexity@wikitext2").higher_is_better is False  # per-source family
+    assert all(m.kind in ("quality", "cost", "info") for m in METRICS.values())
+
+
+def test_pareto_excludes_dominated_keeps_ties_and_skips_missing() -> None:
+    rows = [
+        P("dense", {"perplexity": 10.0, "compact_size_mb": 100.0}, method="dense"),
+        P("b", {"perplexity": 10.5, "compact_size_mb": 60.0}),
+        P("b-twin", {"perplexity": 10.5, "compact_size_mb": 60.0}),  # identical: neither dominates the other
+        P("same-cost-worse", {"perplexity": 11.0, "compact_size_mb": 60.0}),  # dominated by b (equal cost)
+        P("same-ppl-costlier", {"perplexity": 10.5, "compact_size_mb": 70.0}),  # dominated by b (equal quality)
+        P("worse-both", {"perplexity": 12.0, "compact_size_mb": 80.0}),
+        P("tiny", {"perplexity": 20.0, "compact_size_mb": 30.0}),
+        P("unmeasured", {"perplexity": 9.0, "compact_size_mb": None}),  # cannot be compared: left out
+    ]
+    assert labels(pareto_front(rows, ["perplexity", "compact_size_mb"])) == ["dense", "b", "b-twin", "tiny"]
+    assert not dominates(rows[1], rows[2], [metric("perplexity"), metric("compact_size_mb")])
+
+
+def test_pareto_respects_higher_is_better() -> None:
+    rows = [
+        P("dense", {"perplexity": 10.0, "decode_tokens_per_s": 100.0}, method="dense"),
+        P("fast", {"perplexity": 11.0, "decode_tokens_per_s": 150.0}),
+        P("slower-and-worse", {"perplexity": 12.0, "decode_tokens_per_s": 140.0}),
+        P("slow", {"perplexity": 10.0, "decode_tokens_per_s": 90.0}),  # same quality as dense, slower
+    ]
+    # Were speed treated as lower-is-better, "slow" would be on the frontier and "fast" would not.
+    assert labels(pareto_front(rows, ["perplexity", "decode_tokens_per_s"])) == ["dense", "fast"]
+
+
+BUDGET_ROWS = [
+    P("dense", {"perplexity": 10.0, "compact_size_mb": 100.0, "decode_tokens_per_s": 50.0}, method="dense", index=0),
+    P("m30", {"perplexity": 10.5, "compact_size_mb": 80.0, "decode_tokens_per_s": 50.0}, index=1),
+    P("m50", {"perplexity": 11.0, "compact_size_mb": 60.0, "decode_tokens_per_s": 50.0}, index=2),  # exactly +10%
+    P("m70", {"perplexity": 14.0, "compact_size_mb": 40.0, "decode_tokens_per_s": 50.0}, index=3),
+    P("s", {"perplexity": 10.2, "compact_size_mb": 60.0, "decode_tokens_per_s": 75.0}, method="structured", index=4),
+]
+
+
+def test_budget_picks_the_cheapest_point_inside_and_explains_it() -> None:
+    sel = select(BUDGET_ROWS, Budget(max_ppl_increase=0.10))
+    # m50 (exactly +10%) and s tie on size 60: the better perplexity wins.
+    assert sel.row.label == "s" and sel.cost == "compact_size_mb"
+    assert labels(sel.candidates) == ["dense", "m30", "m50", "s"]
+    assert sel.sentence == (
+        "Recommended: s — it has the lowest compact checkpoint size (60.0 MB, 0.60x dense) among the 4 of 5 points "
+        "with perplexity within +10% of dense (10.000), at perplexity 10.200 (+2.0%), and it decodes at 1.50x the "
+        "dense speed."
+    )
+    assert select(BUDGET_ROWS, Budget(max_ppl_increase=0.5)).row.label == "m70"
+    assert select(BUDGET_ROWS, Budget(max_ppl_increase=0.10), cost="decode_tokens_per_s").row.label == "s"
+    assert select(BUDGET_ROWS, Budget()).budget.max_ppl_increase == 0.10  # the default budget
+
+
+def test_budget_too_tight_recommends_dense() -> None:
+    sel = select(BUDGET_ROWS, Budget(max_ppl_increase=0.01))
+    assert sel.row.label == "dense"
+    assert "no pruned point is inside the budget" in sel.sentence and "s, costs +2.0% perplexity" in sel.sentence
+    # Inside the budget, but no cheaper point: dense again, with a different reason.
+    flat = [BUDGET_ROWS[0], P("same", {"perplexity": 10.1, "compact_size_mb": 100.0}, index=1)]
+    assert "none of the 1 pruned points" in select(flat, Budget(0.1)).sentence
+
+
+def test_min_accuracy_budget() -> None:
+    rows = [
+        P("dense", {"perplexity": 10.0, "zeroshot_mean": 0.50, "compact_size_mb": 100.0}, method="dense"),
+        P("a", {"perplexity": 11.0, "zeroshot_mean": 0.47, "compact_size_mb": 70.0}, index=1),
+        P("b", {"perplexity": 13.0, "zeroshot_mean": 0.44, "compact_size_mb": 50.0}, index=2),
+        P("c", {"perplexity": 12.0, "zeroshot_mean": None, "compact_size_mb": 40.0}, index=3),  # not measured
+    ]
+    assert select(rows, Budget(min_accuracy=0.45)).row.label == "a"
+    assert select(rows, Budget(min_accuracy=0.40)).row.label == "b"
+    with pytest.raises(PrunelabError, match="needs zero-shot accuracy"):
+        select(BUDGET_ROWS, Budget(min_accuracy=0.4))
+    with pytest.raises(PrunelabError, match="not a cost metric"):
+        select(BUDGET_ROWS, Budget(0.1), cost="perplexity")
+    with pytest.raises(PrunelabError, match="dense baseline"):
+        select(BUDGET_ROWS[1:], Budget(0.1))
+
+
+def _report_rows() -> list[P]:
+    energy = {"energy_source": "estimate-cpu-model", "is_estimate": True}
+    out = []
+    for i, r in enumerate(BUDGET_ROWS):
+        m = {**r.metrics, "energy_j_per_token": 0.5 - 0.05 * i, "size_mb": 400.0, "nonzero_params": 1e6 * (5 - i)}
+        out.append(P(r.label, m, method=r.method, index=i, sparsity=0.1 * i, details={"energy": energy, "run": 1}))
+    return out
+
+
+def test_markdown_summary_marks_frontier_and_recommendation() -> None:
+    rows = _report_rows()
+    sel = select(rows, Budget(0.10))
+    md = markdown_summary(rows, pareto_front(rows, ["perplexity", sel.cost]), sel, "Sweep")
+    lines = md.splitlines()
+    assert lines[0] == "## Sweep: 5 points"
+    row = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
+    assert row["| s"].startswith("| s | unstructured | 0.4 | 10.200 | +2.0% | 60.0 |")
+    assert row["| s"].endswith("| **recommended** |")
+    assert row["| dense"].endswith("| yes |") and row["| m70"].endswith("| yes |")  # the frontier's two ends
+    assert row["| m30"].endswith("|  |")  # dominated by s (worse perplexity, larger)
+    assert "(estimate)" in md and md.strip().endswith("not from a meter.")
+
+
+def test_html_report_embeds_every_plot_and_the_table() -> None:
+    rows = _report_rows()
+    report = build_report(rows, {"environment": {"cpu": "Test CPU", "torch": "2.13.0"}}, Budget(0.10), title="T")
+    page = report.html
+    assert page is not None and page.startswith("<!doctype html>")
+    for ident in PLOT_IDS:
+        m = re.search(rf'<figure id="{ident}"><img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+        assert m, ident
+        assert base64.b64decode(m.group(1))[:8] == b"\x89PNG\r\n\x1a\n"
+    table = re.search(r'<table id="points" class="sortable">.*?</table>', page, re.S)
+    assert table and table.group(0).count("<tr") == 1 + len(rows)
+    assert '<tr class="front rec">' in table.group(0)  # the recommended point, on the frontier
+    assert page.count('<span class="est">estimate</span>') == len(rows)  # every energy cell is labelled
+    assert "Dense baseline" in page and "Test CPU" in page and report.selection.sentence in page
+    assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
+    assert "<script>" in page and "sortable" in page
+
+
+def test_report_without_matplotlib_gives_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prunelab.report.plots as plots
+
+    monkeypatch.setattr(plots.importlib.util, "find_spec", lambda name: None)
+    report = build_report(_report_rows(), {}, Budget(0.10))
+    assert report.html is None
+    assert report.html_skipped == "plots and the HTML report need matplotlib: " + plots.INSTALL_HINT
+    assert "Recommended: s" in report.markdown  # the summary does not need matplotlib
