@@ -124,3 +124,18 @@ def test_global_magnitude_ties_exact(model_factory) -> None:
 def test_unknown_option_rejected() -> None:
     with pytest.raises(PrunelabError, match=r"extra|not permitted|Extra"):
         prune(torch.nn.Linear(2, 2), PruneConfig(method="sparsegpt", sparsity=0.5, options={"dampning": 0.1}))
+
+
+def test_atomic_writes_get_umask_permissions(tmp_path) -> None:
+    import os
+
+    from prunelab._util import write_json_atomic, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+        write_text_atomic(tmp_path / "b.html", "<p>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # mkstemp alone would give 0o600
+    assert (tmp_path / "b.html").stat().st_mode & 0o777 == 0o644

@@ -95,7 +95,9 @@ def test_budget_picks_the_cheapest_point_inside_and_explains_it() -> None:
         "with perplexity within +10% of dense (10.000), at perplexity 10.200 (+2.0%), and it decodes at 1.50x the "
         "dense speed."
     )
-    assert select(BUDGET_ROWS, Budget(max_ppl_increase=0.5)).row.label == "m70"
+    unstructured = select(BUDGET_ROWS, Budget(max_ppl_increase=0.5))
+    assert unstructured.row.label == "m70"
+    assert unstructured.sentence.endswith("so expect the dense speed (measured 1.00x).")
     assert select(BUDGET_ROWS, Budget(max_ppl_increase=0.10), cost="decode_tokens_per_s").row.label == "s"
     assert select(BUDGET_ROWS, Budget()).budget.max_ppl_increase == 0.10  # the default budget
 

@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from prunelab._util import default_file_mode
 from prunelab.errors import PrunelabError
 
 FORMAT = "prunelab-compact"
@@ -222,6 +223,7 @@ class CompactReport:
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    default_file_mode(fd)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)

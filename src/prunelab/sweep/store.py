@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prunelab._util import default_file_mode
 from prunelab.errors import PrunelabError
 from prunelab.report.metrics import METRICS, metric
 from prunelab.sweep.grid import Point
@@ -228,6 +229,7 @@ class ResultStore:
         tail = ["energy_source", "energy_is_estimate", "seconds", "finished_at", "host", "executor"]
         target = self.folder / CSV_NAME
         fd, tmp = tempfile.mkstemp(prefix=f".{CSV_NAME}.", suffix=".tmp", dir=self.folder)
+        default_file_mode(fd)
         try:
             with os.fdopen(fd, "w", newline="") as f:
                 writer = csv.writer(f)
