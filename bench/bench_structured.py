@@ -242,7 +242,7 @@ def reeval(args: Any, out: Path) -> None:
     The quality phase evaluates in memory right after pruning; this checks the saved models and replaces `ppl`
     (the first value is kept as `ppl_in_memory`). Rows are rewritten atomically after each model.
     """
-    import os
+    from prunelab._util import write_text_atomic
 
     source = f"wikitext2:{args.wikitext}"
     rows = read_rows(out)
@@ -255,9 +255,7 @@ def reeval(args: Any, out: Path) -> None:
         ppl = evaluate(lm.model, lm.tokenizer, [source], seqlen=512, max_windows=args.max_windows)[source].perplexity
         r["ppl_in_memory"], r["ppl"] = r["ppl"], ppl
         print(f"{r['name']:22s} {r['sparsity']:.2f}: {r['ppl_in_memory']:.2f} in memory -> {ppl:.2f} reloaded")
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(x) + "\n" for x in rows))
-        os.replace(tmp, out)
+        write_text_atomic(out, "".join(json.dumps(x) + "\n" for x in rows))
         del lm
 
 

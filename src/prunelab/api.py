@@ -124,11 +124,7 @@ def prune_job(
     report.update(result.to_dict())
     report["peak_rss_mb"] = peak_rss_mb()
     report["peak_rss_mb_before_prune"] = rss_before_prune
-    report["calibration"] = (
-        {"source": cfg.calib, "samples": cfg.calib_samples, "seqlen": cfg.calib_seqlen, "seed": cfg.seed}
-        if pruner.needs_calibration
-        else None
-    )
+    report["calibration"] = cfg.calibration_record() if pruner.needs_calibration else None
     if ppl:
         after = evaluate(lm.model, lm.tokenizer, ppl, seqlen, max_windows)
         report["perplexity"] = _ppl_dict(after)

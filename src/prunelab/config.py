@@ -51,6 +51,10 @@ class PruneConfig(StrictModel):
 
         return parse_pattern(self.pattern)
 
+    def calibration_record(self) -> dict[str, Any]:
+        """Where the calibration data came from, as prune reports record it."""
+        return {"source": self.calib, "samples": self.calib_samples, "seqlen": self.calib_seqlen, "seed": self.seed}
+
     def resolved_sparsity(self) -> float:
         """The sparsity to apply, reconciling --sparsity with an N:M pattern."""
         pattern = self.pattern_obj

@@ -285,11 +285,7 @@ def prune_streaming(
         report.update(result.to_dict())
         report["peak_rss_mb"] = peak_rss_mb()
         report["peak_rss_mb_before_prune"] = rss_before_prune
-        report["calibration"] = (
-            {"source": cfg.calib, "samples": cfg.calib_samples, "seqlen": cfg.calib_seqlen, "seed": cfg.seed}
-            if pruner.needs_calibration
-            else None
-        )
+        report["calibration"] = cfg.calibration_record() if pruner.needs_calibration else None
         # The same counts as `api.sparsity_report`, gathered block by block since the model is never whole.
         report["params"] = sum(p.numel() for p in model.parameters())
         report["prunable_params"] = store.prunable_params

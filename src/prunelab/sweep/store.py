@@ -12,21 +12,20 @@ grid itself may grow between runs (new points are simply added). A lock file kee
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import fcntl
+import io
 import json
 import os
 import signal
 import socket
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prunelab._util import default_file_mode
+from prunelab._util import write_text_atomic
 from prunelab.errors import PrunelabError
 from prunelab.report.metrics import METRICS, metric
 from prunelab.sweep.grid import Point
@@ -228,29 +227,22 @@ class ResultStore:
         head = ["point_id", "label", "method", "pattern", "sparsity", "target"]
         tail = ["energy_source", "energy_is_estimate", "seconds", "finished_at", "host", "executor"]
         target = self.folder / CSV_NAME
-        fd, tmp = tempfile.mkstemp(prefix=f".{CSV_NAME}.", suffix=".tmp", dir=self.folder)
-        default_file_mode(fd)
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(head + [f"{n} [{metric(n).unit}]" if metric(n).unit else n for n in ordered] + tail)
-                for r in records:
-                    energy = r.details.get("energy") or {}
-                    writer.writerow(
-                        [r.point_id, r.label, r.method, r.pattern, r.sparsity, r.target or ""]
-                        + ["" if r.metrics.get(n) is None else r.metrics[n] for n in ordered]
-                        + [
-                            energy.get("energy_source", ""),
-                            "" if energy.get("is_estimate") is None else energy["is_estimate"],
-                            f"{r.seconds:.2f}",
-                            r.finished_at,
-                            r.host,
-                            r.executor,
-                        ]
-                    )
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(head + [f"{n} [{metric(n).unit}]" if metric(n).unit else n for n in ordered] + tail)
+        for r in records:
+            energy = r.details.get("energy") or {}
+            writer.writerow(
+                [r.point_id, r.label, r.method, r.pattern, r.sparsity, r.target or ""]
+                + ["" if r.metrics.get(n) is None else r.metrics[n] for n in ordered]
+                + [
+                    energy.get("energy_source", ""),
+                    "" if energy.get("is_estimate") is None else energy["is_estimate"],
+                    f"{r.seconds:.2f}",
+                    r.finished_at,
+                    r.host,
+                    r.executor,
+                ]
+            )
+        write_text_atomic(target, buf.getvalue())
         return target
