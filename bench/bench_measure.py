@@ -86,7 +86,7 @@ def prune_child(name: str, out: Path, folder: Path) -> None:
 
 def bench_child(folder: Path | None, out: Path, args: argparse.Namespace) -> None:
     from prunelab import api
-    from prunelab.measurement.bench import BenchConfig
+    from prunelab.config import BenchConfig, ModelConfig
 
     cfg = BenchConfig(
         prompt_lens=args.prompt_len,
@@ -98,7 +98,7 @@ def bench_child(folder: Path | None, out: Path, args: argparse.Namespace) -> Non
         energy=args.energy,
         country=args.country,
     )
-    api.bench_job(cfg, model=str(folder) if folder else args.model, json_path=str(out))
+    api.bench_job(cfg, ModelConfig(model=str(folder) if folder else args.model), json_path=str(out))
 
 
 def _slug(name: str) -> str:

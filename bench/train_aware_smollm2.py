@@ -21,7 +21,7 @@ import torch
 
 from prunelab import PruneConfig, data, evaluate, load_model, prune
 from prunelab._util import environment, peak_rss_mb, write_json_atomic
-from prunelab.pruning.trajectory import TrajectoryCallback, TrajectoryTracker
+from prunelab.training import TrajectoryCallback, TrajectoryTracker
 
 METHODS = {
     "magnitude": ("magnitude", {}),

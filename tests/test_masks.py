@@ -80,7 +80,7 @@ def test_wanda_uses_norm_not_squared_norm() -> None:
     w = torch.tensor([[1.0, 3.0], [2.5, 3.0]])
     stat = SquaredNorm(2, torch.device("cpu"))
     stat.add(torch.tensor([[2.0, 1.0]]))  # sum x^2 = [4, 1] -> norm [2, 1]
-    mask = Wanda(PruneConfig(method="wanda", sparsity=0.5)).prune_weight(w.clone(), stat, 0.5)
+    mask = Wanda(PruneConfig(method="wanda", sparsity=0.5)).prune_weight("layer", w.clone(), stat, 0.5)
     # Row 1: wanda scores [5, 3] -> prune column 1; magnitude would prune column 0 (2.5 < 3).
     assert mask.tolist() == [[True, False], [False, True]]
 
@@ -89,11 +89,11 @@ def test_wanda_compares_within_rows() -> None:
     w = torch.tensor([[1.0, 2.0, 3.0, 4.0], [100.0, 200.0, 300.0, 400.0]])
     stat = SquaredNorm(4, torch.device("cpu"))
     stat.add(torch.ones(1, 4))
-    mask = Wanda(PruneConfig(method="wanda", sparsity=0.5)).prune_weight(w.clone(), stat, 0.5)
+    mask = Wanda(PruneConfig(method="wanda", sparsity=0.5)).prune_weight("layer", w.clone(), stat, 0.5)
     assert mask.sum(dim=1).tolist() == [2, 2]
 
 
 def test_magnitude_compares_within_layer() -> None:
     w = torch.tensor([[1.0, 2.0, 3.0, 4.0], [100.0, 200.0, 300.0, 400.0]])
-    mask = Magnitude(PruneConfig(method="magnitude", sparsity=0.5)).prune_weight(w.clone(), None, 0.5)
+    mask = Magnitude(PruneConfig(method="magnitude", sparsity=0.5)).prune_weight("layer", w.clone(), None, 0.5)
     assert mask.sum(dim=1).tolist() == [4, 0]

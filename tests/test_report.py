@@ -42,12 +42,12 @@ def labels(rows: list[P]) -> list[str]:
 
 
 def test_every_metric_declares_direction_and_kind() -> None:
-    assert metric("perplexity").higher_is_better is False and metric("perplexity").kind == "quality"
+    assert metric("perplexity").higher_is_better is False and metric("perplexity").role == "quality"
     assert metric("zeroshot_mean").higher_is_better is True
-    assert metric("decode_tokens_per_s").higher_is_better is True and metric("decode_tokens_per_s").kind == "cost"
+    assert metric("decode_tokens_per_s").higher_is_better is True and metric("decode_tokens_per_s").role == "cost"
     assert metric("compact_size_mb").higher_is_better is False
     assert metric("perplexity@wikitext2").higher_is_better is False  # per-source family
-    assert all(m.kind in ("quality", "cost", "info") for m in METRICS.values())
+    assert all(m.role in ("quality", "cost", "info") for m in METRICS.values())
 
 
 def test_pareto_excludes_dominated_keeps_ties_and_skips_missing() -> None:

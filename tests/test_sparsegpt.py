@@ -77,9 +77,8 @@ def _reconstruction_error(method: str, w: torch.Tensor, x: torch.Tensor, pattern
     pruner = METHODS[method](cfg)
     stat = Hessian(x.shape[1], x.device) if method == "sparsegpt" else SquaredNorm(x.shape[1], x.device)
     stat.add(x)
-    pruner.current_layer = "test"
     w2 = w.clone()
-    mask = pruner.prune_weight(w2, stat if method != "magnitude" else None, 0.5)
+    mask = pruner.prune_weight("test", w2, stat if method != "magnitude" else None, 0.5)
     w2[mask] = 0
     return float(torch.linalg.norm(x @ w.t() - x @ w2.t()))
 

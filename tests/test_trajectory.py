@@ -324,8 +324,8 @@ def test_cli_prune_with_saved_tracker(tiny_folder, tmp_path, capsys, no_network)
 
 
 def test_train_aware_micro_run(tmp_path, capsys) -> None:
-    from prunelab import train_aware
     from prunelab.cli import main
+    from prunelab.experiments import train_aware
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"Line {i}: to be, or not to be, that is the question.\n" for i in range(300)))
@@ -335,7 +335,7 @@ def test_train_aware_micro_run(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert code == 0 and "trajectory" in out
     report = json.loads((tmp_path / "r.json").read_text())
-    labels = list(train_aware.METHODS)
+    labels = list(train_aware.COMPARED)
     assert [(r["compression"], r["method"]) for r in report["levels"]] == [
         (c, m) for c in train_aware.LEVELS for m in labels
     ]
@@ -359,7 +359,7 @@ def test_train_aware_micro_run(tmp_path, capsys) -> None:
 
 
 def test_char_tokenizer() -> None:
-    from prunelab.train_aware import CharTokenizer
+    from prunelab.experiments.train_aware import CharTokenizer
 
     tok = CharTokenizer.fit("abca")
     assert tok.vocab_size == 4
@@ -367,9 +367,9 @@ def test_char_tokenizer() -> None:
 
 
 def _fake_report() -> dict:
-    from prunelab.train_aware import METHODS
+    from prunelab.experiments.train_aware import COMPARED
 
-    levels = [{"compression": c, "method": m, "val_loss": 2 + c} for c in (0.0, 0.5) for m in METHODS]
+    levels = [{"compression": c, "method": m, "val_loss": 2 + c} for c in (0.0, 0.5) for m in COMPARED]
     sweep = [{"achieved_sparsity": 0.4, "val_loss": 2.4}]
     return {"preset": "tiny", "model": {"params": 1000}, "levels": levels, "threshold_sweep": sweep}
 
@@ -377,7 +377,7 @@ def _fake_report() -> dict:
 def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch, caplog) -> None:
     import sys
 
-    from prunelab.train_aware import plot
+    from prunelab.experiments.train_aware import plot
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     assert plot(_fake_report(), str(tmp_path / "p.png")) is None
@@ -386,7 +386,7 @@ def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch, caplog) -> No
 
 def test_plot_written(tmp_path) -> None:
     pytest.importorskip("matplotlib")
-    from prunelab.train_aware import plot
+    from prunelab.experiments.train_aware import plot
 
     assert plot(_fake_report(), str(tmp_path / "p.png")) == str(tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from prunelab import api, cli
+from prunelab.config import EvalConfig, ModelConfig
 from prunelab.errors import PrunelabError
 from prunelab.evaluation import zeroshot as zs
 
@@ -238,7 +239,6 @@ def test_cli_eval_tasks_offline(tiny_folder, tasks, tmp_path, capsys, no_network
 def test_eval_job_runs_perplexity_too_when_named(tiny_folder, tasks) -> None:
     folder, _ = tasks
     corpus = str(tiny_folder.parent / "corpus.txt")
-    report = api.eval_job(
-        model=str(tiny_folder), ppl=[corpus], seqlen=32, max_windows=2, tasks=["winogrande"], task_data=str(folder)
-    )
+    ev = EvalConfig(ppl=[corpus], seqlen=32, max_windows=2, tasks=["winogrande"], task_data=str(folder))
+    report = api.eval_job(ev, ModelConfig(model=str(tiny_folder)))
     assert set(report["perplexity"]) == {corpus} and report["zeroshot"]["winogrande"]["n"] == 4

@@ -27,6 +27,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from prunelab._util import atomic_dir, write_json_atomic
+from prunelab.config.models import DTYPES
 from prunelab.errors import PrunelabError
 
 log = logging.getLogger(__name__)
@@ -149,12 +150,8 @@ def load_model(
         raise PrunelabError("give --device or --device-map, not both")
     source = resolve_model(spec)
     on_cpu = device == "cpu" if device_map is None else not torch.cuda.is_available()
-    if dtype == "auto":
-        torch_dtype: Any = torch.float32 if on_cpu else "auto"
-    else:
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise PrunelabError(f"unknown dtype '{dtype}'; use auto, float32, float16 or bfloat16")
+    parsed = parse_dtype(dtype)
+    torch_dtype: Any = parsed if parsed is not None else (torch.float32 if on_cpu else "auto")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map)
     except (OSError, ValueError) as e:
@@ -216,10 +213,6 @@ def weight_2d(module: nn.Module) -> torch.Tensor:
     return module.weight.data
 
 
-def in_features(module: nn.Module) -> int:
-    return weight_2d(module).shape[1]
-
-
 def _matches(name: str, patterns: list[str]) -> bool:
     for p in patterns:
         if p.startswith("re:"):
@@ -260,6 +253,27 @@ def prunable_layers(
     for i, block in enumerate(blocks):
         layers.update(block_linears(block, f"{name}.{i}", targets, ignore))
     return layers
+
+
+def check_context(model: nn.Module, tokens: int, what: str) -> None:
+    """Refuse `tokens` (e.g. a window length) beyond the model's context: the one check every path uses."""
+    limit = context_length(model)
+    if limit is not None and tokens > limit:
+        raise PrunelabError(f"{what} is beyond the model's context length ({limit})")
+
+
+def check_seqlen(model: nn.Module, seqlen: int) -> None:
+    check_context(model, seqlen, f"seqlen {seqlen}")
+
+
+def parse_dtype(dtype: str) -> torch.dtype | None:
+    """A floating torch dtype by name; None for "auto" (each loader decides what auto means for its device)."""
+    if dtype == "auto":
+        return None
+    value = getattr(torch, dtype, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise PrunelabError(f"unknown dtype '{dtype}'; use {', '.join(DTYPES)}")
+    return value
 
 
 def context_length(model: nn.Module) -> int | None:

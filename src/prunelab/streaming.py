@@ -23,20 +23,20 @@ import logging
 import shutil
 import time
 import weakref
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from prunelab import data
-from prunelab._util import atomic_dir, environment, peak_rss_mb, write_json_atomic
-from prunelab.config import PruneConfig
+from prunelab._util import atomic_dir, peak_rss_mb, write_json_atomic
+from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
-from prunelab.models import block_linears, check_output, context_length, find_blocks, weight_2d
+from prunelab.models import block_linears, check_output, find_blocks, parse_dtype, weight_2d
 from prunelab.pruning import make_pruner
-from prunelab.pruning.base import BlockStore, LayerwisePruner
+from prunelab.pruning.base import LayerwisePruner, Pruner
+from prunelab.pruning.blocks import BlockStore
+from prunelab.pruning.run import calibration_windows, check_sources, describe, prune, prune_report
 from prunelab.shards import INDEX_NAME, SafetensorsCheckpoint, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -130,15 +130,13 @@ class StreamingStore(BlockStore):
 
 def compute_dtype(dtype: str, device: torch.device, checkpoint: SafetensorsCheckpoint) -> torch.dtype:
     """As `load_model`: "auto" is float32 on a CPU and the checkpoint's (most common) floating dtype on a GPU."""
-    if dtype == "auto":
-        floating = [d for d in checkpoint.dtypes.values() if d.is_floating_point]
-        if device.type == "cpu" or not floating:
-            return torch.float32
-        return max(set(floating), key=floating.count)
-    value = getattr(torch, dtype, None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise PrunelabError(f"unknown dtype '{dtype}'; use auto, float32, float16 or bfloat16")
-    return value
+    value = parse_dtype(dtype)
+    if value is not None:
+        return value
+    floating = [d for d in checkpoint.dtypes.values() if d.is_floating_point]
+    if device.type == "cpu" or not floating:
+        return torch.float32
+    return max(set(floating), key=floating.count)
 
 
 def open_skeleton(
@@ -203,12 +201,10 @@ def _copy_side_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-def check_streamable(pruner: Any) -> LayerwisePruner:
+def check_streamable(pruner: Pruner) -> LayerwisePruner:
     """Only block-local methods can stream: they must never need two blocks, or all weights, at once."""
-    if not isinstance(pruner, LayerwisePruner):
-        raise PrunelabError(f"method '{pruner.name}' does not prune block by block, so it cannot run with --streaming")
-    if getattr(pruner.options, "scope", "layer") != "layer":
-        raise PrunelabError(f"{pruner.name} scope={pruner.options.scope} needs every weight at once; not streamable")
+    if not isinstance(pruner, LayerwisePruner) or not pruner.caps.block_local:
+        raise PrunelabError(f"{describe(pruner.cfg)} does not prune block by block, so it cannot run with --streaming")
     return pruner
 
 
@@ -250,8 +246,7 @@ def prune_streaming(
         raise PrunelabError("--streaming needs --output: the pruned model is written block by block")
     check_output(output, overwrite)
     pruner = check_streamable(make_pruner(cfg))
-    if pruner.needs_calibration:
-        data.check_source(cfg.calib)
+    check_sources(pruner)
     try:
         torch_device = torch.device(device)
     except RuntimeError as e:
@@ -265,36 +260,28 @@ def prune_streaming(
         raise PrunelabError(f"method '{cfg.method}' needs calibration text, and '{folder}' has no tokenizer")
     model = open_skeleton(folder, checkpoint, torch_device, dt)
     load_seconds = time.perf_counter() - started
-    calib = None
-    if pruner.needs_calibration:
-        limit = context_length(model)
-        if limit is not None and cfg.calib_seqlen > limit:
-            raise PrunelabError(f"seqlen {cfg.calib_seqlen} is beyond the model's context length ({limit})")
-        calib = data.calibration_data(tokenizer, cfg.calib, cfg.calib_samples, cfg.calib_seqlen, cfg.seed)
+    calib = calibration_windows(model, tokenizer, cfg) if pruner.needs_calibration else None
     output = Path(output)
     with atomic_dir(output, overwrite=overwrite) as tmp:
         store = StreamingStore(model, checkpoint, torch_device, dt)
         store.writer = ShardWriter(tmp, checkpoint, store.prefix, len(store))
         store.writer.write_rest()
         rss_before_prune = peak_rss_mb()
-        torch.manual_seed(cfg.seed)
-        result = pruner.prune_blocks(model, store, calib)
+        result = prune(model, cfg, calib, store=store)
         store.writer.finish()
         copied = _copy_side_files(folder, tmp)
-        report: dict[str, Any] = {"base_model": str(folder), "config": cfg.model_dump(), "load_seconds": load_seconds}
-        report.update(result.to_dict())
-        report["peak_rss_mb"] = peak_rss_mb()
-        report["peak_rss_mb_before_prune"] = rss_before_prune
-        report["calibration"] = cfg.calibration_record() if pruner.needs_calibration else None
-        # The same counts as `api.sparsity_report`, gathered block by block since the model is never whole.
-        report["params"] = sum(p.numel() for p in model.parameters())
-        report["prunable_params"] = store.prunable_params
-        report["prunable_zeros"] = store.prunable_zeros
-        report["prunable_sparsity"] = store.prunable_zeros / max(store.prunable_params, 1)
+        # The same counts as `sparsity_report`, gathered block by block since the model is never whole.
+        counts = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "prunable_params": store.prunable_params,
+            "prunable_zeros": store.prunable_zeros,
+            "prunable_sparsity": store.prunable_zeros / max(store.prunable_params, 1),
+        }
+        report = prune_report(
+            str(folder), cfg, result, pruner.needs_calibration, load_seconds, rss_before_prune, counts
+        )
         report["streaming"] = True
         report["streaming_detail"] = _detail(store, checkpoint, copied)
-        report["environment"] = environment()
-        report["time"] = datetime.now(UTC).isoformat(timespec="seconds")
         write_json_atomic(tmp / "prunelab.json", report)
     report["output"] = str(output)
     report["total_seconds"] = time.perf_counter() - started

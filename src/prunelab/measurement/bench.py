@@ -12,13 +12,12 @@ from typing import Any
 
 import psutil
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
 from prunelab._util import environment
-from prunelab.config import StrictModel
+from prunelab.config.bench import BenchConfig
 from prunelab.measurement.carbon import GridIntensity, grams_co2eq, grid_intensity
-from prunelab.measurement.energy import DEFAULT_CPU_WATTS, ENERGY_CHOICES, EnergyReading, select_meter
+from prunelab.measurement.energy import EnergyReading, select_meter
 from prunelab.measurement.latency import decode, prefill
 from prunelab.measurement.memory import PeakMemory
 from prunelab.measurement.size import measure_sizes, unique_tensors
@@ -28,39 +27,12 @@ from prunelab.measurement.timing import set_threads
 log = logging.getLogger(__name__)
 
 
-class BenchConfig(StrictModel):
-    """What to measure and how (the `prunelab bench` flags)."""
+__all__ = ["BenchConfig", "bench_intensity", "hardware", "run_bench"]
 
-    prompt_lens: list[int] = Field(default_factory=lambda: [128, 512], min_length=1)
-    gen_len: int = Field(64, ge=2)
-    batches: list[int] = Field(default_factory=lambda: [1, 8], min_length=1)
-    repeats: int = Field(5, ge=1)
-    warmup: int = Field(1, ge=0)
-    threads: int | None = Field(None, ge=1)
-    energy: str = "auto"
-    country: str | None = None
-    grid_intensity: float | None = Field(None, ge=0)
-    cpu_watts: float = Field(DEFAULT_CPU_WATTS, gt=0)
-    sparse_kernels: bool = False
-    size: bool = True
-    seed: int = 0
 
-    @field_validator("prompt_lens", "batches")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v):
-            raise ValueError(f"values must be >= 1, got {v}")
-        return v
-
-    @field_validator("energy")
-    @classmethod
-    def _energy(cls, v: str) -> str:
-        if v not in ENERGY_CHOICES:
-            raise ValueError(f"must be one of {', '.join(ENERGY_CHOICES)}, got '{v}'")
-        return v
-
-    def intensity(self) -> GridIntensity:
-        return grid_intensity(self.country, self.grid_intensity)
+def bench_intensity(cfg: BenchConfig) -> GridIntensity:
+    """The grid carbon intensity the config asks for (a bad country code fails here, before any timing)."""
+    return grid_intensity(cfg.country, cfg.grid_intensity)
 
 
 def hardware(model: nn.Module, device: torch.device, threads: int) -> dict[str, Any]:
@@ -175,7 +147,7 @@ def _run_bench(
     model: nn.Module, cfg: BenchConfig, threads: int, layers: dict[str, nn.Module], phases: list[PeakMemory]
 ) -> dict[str, Any]:
     device = next(model.parameters()).device
-    intensity = cfg.intensity()
+    intensity = bench_intensity(cfg)
     meter, skipped = select_meter(cfg.energy, str(device), cpu_watts=cfg.cpu_watts)
     sparsity = _prunable_sparsity(layers)
     notes: list[str] = []

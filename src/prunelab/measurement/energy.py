@@ -28,13 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from prunelab.config.bench import DEFAULT_CPU_WATTS, ENERGY_CHOICES
 from prunelab.errors import PrunelabError, did_you_mean
 
 log = logging.getLogger(__name__)
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
-DEFAULT_CPU_WATTS = 4.0
-ENERGY_CHOICES = ("auto", "rapl", "nvml", "estimate", "off")
 
 
 @dataclass

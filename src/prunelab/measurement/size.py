@@ -137,7 +137,7 @@ def plan(t: torch.Tensor) -> Plan:
     return best
 
 
-def encode(name: str, t: torch.Tensor, p: Plan) -> dict[str, torch.Tensor]:
+def encode_tensor(name: str, t: torch.Tensor, p: Plan) -> dict[str, torch.Tensor]:
     """Stored tensors for `t` under encoding `p` (keys derived from `name`)."""
     t = t.detach().contiguous().cpu()
     if p.encoding == "dense":
@@ -157,7 +157,7 @@ def encode(name: str, t: torch.Tensor, p: Plan) -> dict[str, torch.Tensor]:
     }
 
 
-def decode(name: str, info: dict[str, Any], stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def decode_tensor(name: str, info: dict[str, Any], stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
     shape = tuple(info["shape"])
     dtype = _dtype(info["dtype"])
     numel = math.prod(shape)
@@ -253,7 +253,7 @@ def save_compact(
     for name, t in tensors.items():
         t = _cast(t, dtype)
         p = plan(t)
-        stored.update(encode(name, t, p))
+        stored.update(encode_tensor(name, t, p))
         layout[name] = {"encoding": p.encoding, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         if p.encoding == "nm":
             layout[name].update(n=p.n, m=p.m)
@@ -284,7 +284,7 @@ def load_compact(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise PrunelabError(f"'{path}' has format version {meta['version']}; this prunelab reads up to {VERSION}")
         stored = {k: f.get_tensor(k) for k in f.keys()}
     layout: dict[str, dict[str, Any]] = json.loads(meta["layout"])
-    out = {name: decode(name, info, stored) for name, info in layout.items()}
+    out = {name: decode_tensor(name, info, stored) for name, info in layout.items()}
     for alias, target in json.loads(meta.get("aliases", "{}")).items():
         out[alias] = out[target]
     return out

@@ -1,43 +1,65 @@
 """Pruning methods behind one explicit registry.
 
-Adding a method is one file and one line in `METHODS`; the shared contract test then covers it.
+Adding a method is one file and one line in `METHODS`; the shared contract test (tests/test_methods_contract.py)
+then covers it through the capabilities the class declares. The registry loads a method's module on first use,
+so listing the names (`--method` choices, `prunelab --help`) imports no torch.
 """
 
 from __future__ import annotations
 
-from prunelab.config import PruneConfig  # re-exported for convenience
-from prunelab.errors import did_you_mean
-from prunelab.pruning.base import LayerResult, LayerwisePruner, Pruner, PruneResult
-from prunelab.pruning.magnitude import Magnitude
-from prunelab.pruning.masks import Pattern, parse_pattern
-from prunelab.pruning.sparsegpt import SparseGPT
-from prunelab.pruning.structured import Structured
-from prunelab.pruning.trajectory import Trajectory
-from prunelab.pruning.wanda import Wanda
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-METHODS: dict[str, type[Pruner]] = {
-    "magnitude": Magnitude,
-    "wanda": Wanda,
-    "sparsegpt": SparseGPT,
-    "structured": Structured,
-    "trajectory": Trajectory,
-}
+from prunelab.config.pattern import Pattern, parse_pattern
+from prunelab.config.prune import PruneConfig  # re-exported for convenience
+from prunelab.registry import Registry
+
+if TYPE_CHECKING:
+    from prunelab.pruning.base import Pruner
+
+METHODS: Registry[type[Pruner]] = Registry(
+    "method",
+    {
+        "magnitude": "prunelab.pruning.magnitude:Magnitude",
+        "wanda": "prunelab.pruning.wanda:Wanda",
+        "sparsegpt": "prunelab.pruning.sparsegpt:SparseGPT",
+        "structured": "prunelab.pruning.structured.method:Structured",
+        "trajectory": "prunelab.pruning.trajectory:Trajectory",
+    },
+)
 
 
 def get_method(name: str) -> type[Pruner]:
     """The method class registered under `name`, or a did-you-mean error."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise did_you_mean(name, METHODS, "method") from None
+    return METHODS.lookup(name)
 
 
-def make_pruner(cfg: PruneConfig) -> Pruner:
-    return get_method(cfg.method)(cfg)
+def make_pruner(cfg: PruneConfig, stages: Sequence[str] = ()) -> Pruner:
+    """The configured method, validated (options, sparsity, pattern); `stages` by name (see `pruning.stages`)."""
+    cls = get_method(cfg.method)
+    return cls(cfg, stages=stages) if stages else cls(cfg)
+
+
+_BASE = ["Capabilities", "LayerResult", "LayerwisePruner", "Pruner", "PruneResult"]
+_LAZY = dict.fromkeys(_BASE, "prunelab.pruning.base")
+
+
+def __getattr__(name: str) -> Any:
+    """Classes load on first use (`from prunelab.pruning import Wanda` still works)."""
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if not name.startswith("_"):
+        for cls in METHODS.values():  # a registered class by its name: Wanda, Magnitude, ...
+            if cls.__name__ == name:
+                return cls
+    raise AttributeError(f"module 'prunelab.pruning' has no attribute '{name}'")
 
 
 __all__ = [
     "METHODS",
+    "Capabilities",
     "LayerResult",
     "LayerwisePruner",
     "Pattern",

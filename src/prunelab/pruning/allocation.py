@@ -17,20 +17,21 @@ from torch import nn
 from prunelab import calibration
 from prunelab.errors import PrunelabError
 from prunelab.models import weight_2d
+from prunelab.pruning.blocks import BlockStore
 
 
 def owl_outlier_ratios(
-    store: object,
+    store: BlockStore,
     inputs: calibration.BlockInputs,
-    layers_of: Callable[[object, int, nn.Module], dict[str, nn.Module]],
+    layers_of: Callable[[BlockStore, int, nn.Module], dict[str, nn.Module]],
     m: float,
 ) -> tuple[list[float], list[int]]:
     """Per block: (share of Wanda scores above m x the block mean, number of prunable weights). Dense pass."""
     ratios: list[float] = []
     sizes: list[int] = []
-    n = len(store)  # type: ignore[arg-type]
+    n = len(store)
     for i in range(n):
-        block = store.load(i)  # type: ignore[attr-defined]
+        block = store.load(i)
         layers = layers_of(store, i, block)
         stats = calibration.collect_statistics(
             block, layers, inputs, lambda mod: calibration.SquaredNorm(weight_2d(mod).shape[1], weight_2d(mod).device)
@@ -43,7 +44,7 @@ def owl_outlier_ratios(
         sizes.append(total)
         if i + 1 < n:
             calibration.run_block(block, inputs, keep_outputs=True)
-        store.release(i, block, pruned=False)  # type: ignore[attr-defined]
+        store.release(i, block, pruned=False)
     return ratios, sizes
 
 

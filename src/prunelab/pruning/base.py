@@ -1,9 +1,12 @@
 """The one interface every method implements, and the layer-wise base most methods share.
 
-`Pruner.prune(model, calib) -> PruneResult` is the whole contract. `LayerwisePruner` owns the block loop, the
-hooks and the propagation of pruned outputs (see `prunelab.calibration`); a subclass only names the statistic it
-needs (`statistic`) and says how it prunes one weight matrix (`prune_weight`). The pattern (unstructured or N:M)
-and the per-layer sparsity are handled here, so every layer-wise method honours them.
+`Pruner.prune(model, calib) -> PruneResult` is the whole contract, and `Pruner.capabilities` declares what callers
+may rely on (does it change shapes, need calibration or training state, take N:M, which group it ranks within), so
+no caller probes a class for attributes. `LayerwisePruner` owns the block loop, the hooks and the propagation of
+pruned outputs (see `prunelab.calibration`); a subclass only names the statistic it needs (`statistic`) and says
+how it prunes one weight matrix (`prune_weight`, given the layer's name). The pattern (unstructured or N:M), the
+per-layer sparsity and the optional stages (`prunelab.pruning.stages`) are handled here, so every layer-wise
+method honours them.
 """
 
 from __future__ import annotations
@@ -11,24 +14,56 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab import calibration
-from prunelab.config import PruneConfig, build
+from prunelab.config.base import build
+from prunelab.config.methods import NoOptions
+from prunelab.config.pattern import Pattern
+from prunelab.config.prune import PruneConfig
+from prunelab.errors import PrunelabError
 from prunelab.models import block_linears, find_blocks, weight_2d
-from prunelab.pruning.masks import Pattern
+from prunelab.pruning.allocation import owl_allocation, owl_outlier_ratios
+from prunelab.pruning.blocks import BlockStore
+from prunelab.pruning.stages import make_stages
 
 log = logging.getLogger(__name__)
 
+ComparisonGroup = Literal["row", "layer", "model", "unit"]
+ResultKind = Literal["mask", "structured"]
 
-class NoOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+__all__ = ["BlockStore", "Capabilities", "LayerResult", "LayerwisePruner", "NoOptions", "PruneResult", "Pruner"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method does, declared once on its class (with default options) and read by every caller.
+
+    - changes_shapes: removes whole units, so tensor shapes change (a mask restore cannot undo it; the result is
+      `kind="structured"`, its `sparsity` is a share of parameters removed).
+    - needs_calibration: wants calibration token windows.
+    - needs_training_state: needs state recorded while training (e.g. a weight trajectory); a fresh model has none.
+    - supports_nm: takes an N:M pattern.
+    - comparison_group: where the sparsity is exact: each output "row", each "layer", the whole "model" (all
+      selected layers ranked together), or whole "unit"s (channels, heads, layers).
+    - block_local: needs one decoder block at a time (so it can stream a model larger than memory).
+    - layer_filters: honours `targets` / `ignore`.
+    """
+
+    changes_shapes: bool = False
+    needs_calibration: bool = True
+    needs_training_state: bool = False
+    supports_nm: bool = True
+    comparison_group: ComparisonGroup = "layer"
+    block_local: bool = True
+    layer_filters: bool = True
 
 
 @dataclass
@@ -53,6 +88,7 @@ class PruneResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: ResultKind = "mask"  # "structured": units removed, `extra` holds the parameter counts before/after
 
     @property
     def achieved_sparsity(self) -> float:
@@ -61,6 +97,7 @@ class PruneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "method": self.method,
             "pattern": self.pattern,
             "sparsity": self.sparsity,
@@ -75,50 +112,36 @@ class PruneResult:
 
 
 class Pruner(ABC):
-    """A pruning method. Subclasses set `name`, `summary`, `Options` and implement `prune`."""
+    """A pruning method. Subclasses set `name`, `summary`, `capabilities`, `Options` and implement `prune`."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, cfg: PruneConfig) -> None:
         self.cfg = cfg
         self.notes: list[str] = []  # things a user should know, copied into the result (e.g. raised dampening)
         self.pattern: Pattern = cfg.pattern_obj
-        self.sparsity = cfg.resolved_sparsity()
-        self.options: Any = build(self.Options, cfg.options, f"options for method '{self.name}'")  # type: ignore[arg-type]
+        self.options: Any = build(self.Options, cfg.options, f"options for method '{self.name}'")
+        self.sparsity = self._resolve_sparsity(cfg)
+
+    def _resolve_sparsity(self, cfg: PruneConfig) -> float:
+        return cfg.resolved_sparsity()
+
+    @property
+    def caps(self) -> Capabilities:
+        """The capabilities with this config's options applied (the class declares them for default options)."""
+        return self.capabilities
 
     @property
     def needs_calibration(self) -> bool:
         """Whether `prune` needs calibration token windows."""
-        return True
+        return self.caps.needs_calibration
 
     @abstractmethod
     def prune(self, model: nn.Module, calib: torch.Tensor | None) -> PruneResult:
         """Prune `model` in place; `calib` is (n, L) token ids, or None when the method needs none."""
-
-
-class BlockStore:
-    """Where decoder blocks come from. Here: the model in memory. `prunelab.streaming` subclasses it to load one
-    block at a time from the checkpoint and write it out after pruning, so the engine below serves both."""
-
-    def __init__(self, prefix: str, blocks: nn.ModuleList) -> None:
-        self.prefix = prefix
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    @property
-    def first(self) -> nn.Module:
-        """The module whose inputs are captured (never run by the capture)."""
-        return self.blocks[0]
-
-    def load(self, i: int) -> nn.Module:
-        return self.blocks[i]
-
-    def release(self, i: int, block: nn.Module, pruned: bool) -> None:
-        """Called once block i is done (pruned or, in the OWL pre-pass, only read)."""
 
 
 class LayerwisePruner(Pruner):
@@ -129,13 +152,22 @@ class LayerwisePruner(Pruner):
 
     statistic: ClassVar[str | None] = None
 
+    def __init__(self, cfg: PruneConfig, stages: Sequence[str] = ()) -> None:
+        super().__init__(cfg)
+        self.refine_stages, self.reconstruct_stages = make_stages(stages, cfg)
+
     @property
-    def needs_calibration(self) -> bool:
-        return self.statistic is not None or self.cfg.allocation == "owl"
+    def caps(self) -> Capabilities:
+        caps = self.capabilities
+        if self.cfg.allocation == "owl" and not caps.needs_calibration:  # OWL's outlier ratios need activations
+            caps = replace(caps, needs_calibration=True)
+        return caps
 
     @abstractmethod
-    def prune_weight(self, weight: torch.Tensor, stat: calibration.Statistic | None, sparsity: float) -> torch.Tensor:
-        """Return the prune mask (True = remove) of a float32 (out, in) weight.
+    def prune_weight(
+        self, name: str, weight: torch.Tensor, stat: calibration.Statistic | None, sparsity: float
+    ) -> torch.Tensor:
+        """Return the prune mask (True = remove) of the float32 (out, in) weight of layer `name`.
 
         May update the weight in place (SparseGPT reconstructs the kept weights); the base zeroes the mask.
         `self.pattern` says whether the mask must be N:M.
@@ -147,8 +179,9 @@ class LayerwisePruner(Pruner):
         weight = weight_2d(module)
         # float32 weights are pruned in place; others through a float32 copy (the maths wants float32).
         w32 = weight if weight.dtype == torch.float32 else weight.to(torch.float32)
-        self.current_layer = name
-        mask = self.prune_weight(w32, stat, sparsity)
+        mask = self.prune_weight(name, w32, stat, sparsity)
+        for stage in self.refine_stages:
+            mask = stage.refine(name, w32, mask, stat, sparsity, self.pattern)
         w32.masked_fill_(mask, 0.0)
         if w32 is not weight:
             weight.copy_(w32.to(weight.dtype))
@@ -162,18 +195,15 @@ class LayerwisePruner(Pruner):
         return block_linears(block, f"{store.prefix}.{i}", self.cfg.targets, self.cfg.ignore)
 
     def prune_blocks(self, model: nn.Module, store: BlockStore, calib: torch.Tensor | None) -> PruneResult:
-        """The engine: optional OWL pre-pass, then block by block: statistics, prune, propagate."""
-        from prunelab.errors import PrunelabError
-        from prunelab.pruning.allocation import owl_allocation, owl_outlier_ratios
-
+        """The engine: optional OWL pre-pass, then block by block: statistics, prune, reconstruct stages,
+        propagate."""
         start = time.perf_counter()
         result = PruneResult(self.name, str(self.pattern), self.sparsity)
         n = len(store)
         if self.needs_calibration and calib is None:
             raise PrunelabError(f"method '{self.name}' needs calibration data")
         device = next(model.parameters()).device
-        # On a CPU one window per forward is fastest (measured: batching only adds memory traffic).
-        batch_size = self.cfg.calib_batch_size or (1 if device.type == "cpu" else 8)
+        batch_size = self.cfg.calib_batch(device.type)
         sparsities = [self.sparsity] * n
         with torch.no_grad():
             if self.cfg.allocation == "owl":
@@ -185,7 +215,7 @@ class LayerwisePruner(Pruner):
                     ratios, sizes = owl_outlier_ratios(store, inputs, self._layers, self.cfg.owl_m)
                     sparsities = owl_allocation(ratios, sizes, self.sparsity, self.cfg.owl_lambda)
                     result.extra["owl_outlier_ratios"] = ratios
-            result.extra["allocation"] = {"kind": self.cfg.allocation, "block_sparsity": sparsities}
+            result.extra["allocation"] = {"scheme": self.cfg.allocation, "block_sparsity": sparsities}
             inputs = None
             if self.statistic is not None:
                 assert calib is not None
@@ -209,6 +239,11 @@ class LayerwisePruner(Pruner):
                         continue
                     self._apply(name, module, stats.get(name), sparsities[i], result)
                 del stats
+                if self.reconstruct_stages:
+                    if inputs is None:
+                        raise PrunelabError(f"reconstruct stages need calibration inputs; '{self.name}' takes none")
+                    for stage in self.reconstruct_stages:
+                        stage.reconstruct(i, block, layers, inputs)
                 if inputs is not None and i + 1 < n:
                     calibration.run_block(block, inputs, keep_outputs=True)
                 store.release(i, block, pruned=True)

@@ -8,30 +8,33 @@ concatenated copy of the model is ever made.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from dataclasses import replace
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from prunelab.config.methods import MagnitudeOptions
 from prunelab.errors import PrunelabError
 from prunelab.models import prunable_layers, weight_2d
-from prunelab.pruning.base import LayerResult, LayerwisePruner, PruneResult
+from prunelab.pruning.base import Capabilities, LayerResult, LayerwisePruner, PruneResult
 from prunelab.pruning.masks import count_to_prune, nm_mask, per_layer_mask
-
-
-class MagnitudeOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    scope: Literal["layer", "global"] = "layer"
 
 
 class Magnitude(LayerwisePruner):
     name = "magnitude"
     summary = "smallest |W| per layer (or globally with options scope=global); no calibration data"
     Options = MagnitudeOptions
+    capabilities = Capabilities(needs_calibration=False, comparison_group="layer")
     statistic = None
 
-    def prune_weight(self, weight: torch.Tensor, stat: object, sparsity: float) -> torch.Tensor:
+    @property
+    def caps(self) -> Capabilities:
+        caps = super().caps
+        if self.options.scope == "global":  # one ranking over every selected weight: needs them all at once
+            caps = replace(caps, comparison_group="model", block_local=False, supports_nm=False)
+        return caps
+
+    def prune_weight(self, name: str, weight: torch.Tensor, stat: object, sparsity: float) -> torch.Tensor:
         scores = weight.abs()
         return nm_mask(scores, self.pattern) if self.pattern.is_nm else per_layer_mask(scores, sparsity)
 

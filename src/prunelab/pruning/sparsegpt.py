@@ -17,20 +17,15 @@ from __future__ import annotations
 import logging
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from prunelab.calibration import Hessian, Statistic
-from prunelab.pruning.base import LayerwisePruner
+from prunelab.config.methods import SparseGPTOptions
+from prunelab.pruning.base import Capabilities, LayerwisePruner
 from prunelab.pruning.masks import Pattern, count_to_prune, lowest
 
 log = logging.getLogger(__name__)
 
-
-class SparseGPTOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dampening: float = Field(0.01, gt=0, description="fraction of the mean Hessian diagonal added to it")
-    blocksize: int = Field(128, ge=1)
-    max_retries: int = Field(6, ge=0, description="tenfold dampening increases tried after a failed Cholesky")
+__all__ = ["SparseGPT", "SparseGPTOptions", "factor_hessian", "inverse_cholesky", "sparsegpt_prune"]
 
 
 def inverse_cholesky(h: torch.Tensor, dampening: float, max_retries: int) -> tuple[torch.Tensor, float]:
@@ -133,9 +128,10 @@ class SparseGPT(LayerwisePruner):
     name = "sparsegpt"
     summary = "OBS pruning with weight reconstruction from the input Hessian (Frantar & Alistarh 2023)"
     Options = SparseGPTOptions
+    capabilities = Capabilities(comparison_group="layer")
     statistic = "hessian"
 
-    def prune_weight(self, weight: torch.Tensor, stat: Statistic | None, sparsity: float) -> torch.Tensor:
+    def prune_weight(self, name: str, weight: torch.Tensor, stat: Statistic | None, sparsity: float) -> torch.Tensor:
         assert isinstance(stat, Hessian)
         # Layers reading the same input (q/k/v, gate/up) share the statistic: factor its Hessian once.
         factors = getattr(stat, "sparsegpt_factors", None)
@@ -144,5 +140,5 @@ class SparseGPT(LayerwisePruner):
             stat.sparsegpt_factors = factors  # type: ignore[attr-defined]
         mask, damp = sparsegpt_prune(weight, stat.matrix, sparsity, self.pattern, self.options, factors)
         if damp != self.options.dampening:
-            self.notes.append(f"{self.current_layer}: Cholesky needed dampening {damp:g}")
+            self.notes.append(f"{name}: Cholesky needed dampening {damp:g}")
         return mask

@@ -9,16 +9,17 @@ from __future__ import annotations
 import torch
 
 from prunelab.calibration import SquaredNorm, Statistic
-from prunelab.pruning.base import LayerwisePruner
+from prunelab.pruning.base import Capabilities, LayerwisePruner
 from prunelab.pruning.masks import nm_mask, per_row_mask
 
 
 class Wanda(LayerwisePruner):
     name = "wanda"
     summary = "|W| x input-activation norm, ranked per output row (Sun et al. 2023)"
+    capabilities = Capabilities(comparison_group="row")
     statistic = "sq_norm"
 
-    def prune_weight(self, weight: torch.Tensor, stat: Statistic | None, sparsity: float) -> torch.Tensor:
+    def prune_weight(self, name: str, weight: torch.Tensor, stat: Statistic | None, sparsity: float) -> torch.Tensor:
         assert isinstance(stat, SquaredNorm)
         scores = weight.abs() * stat.norm.unsqueeze(0)  # (out, in) * (1, in)
         return nm_mask(scores, self.pattern) if self.pattern.is_nm else per_row_mask(scores, sparsity)

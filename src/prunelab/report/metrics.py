@@ -1,7 +1,7 @@
-"""The one registry of metrics a sweep records: name, unit, direction and kind.
+"""The one registry of metrics a sweep records: name, unit, direction and role.
 
 Every consumer (Pareto frontier, budget selection, plots, tables, CSV columns) reads direction and units from here,
-so "is higher better?" is answered in exactly one place. Kinds: `quality` (what pruning may cost), `cost` (what it
+so "is higher better?" is answered in exactly one place. Roles: `quality` (what pruning may cost), `cost` (what it
 may buy: size, speed, energy), `info` (recorded, never optimised).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["quality", "cost", "info"]
+Role = Literal["quality", "cost", "info"]
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Metric:
     label: str
     unit: str
     higher_is_better: bool
-    kind: Kind
+    role: Role
     log_scale: bool = False
     fmt: str = ".4g"
 
@@ -65,13 +65,5 @@ def metric(name: str) -> Metric:
     if sep and base in _FAMILIES:
         m = METRICS[_FAMILIES[base]]
         return Metric(name, f"{m.label if base == 'perplexity' else 'accuracy'} [{arg}]", m.unit, m.higher_is_better,
-                      m.kind, m.log_scale, m.fmt)  # fmt: skip
+                      m.role, m.log_scale, m.fmt)  # fmt: skip
     return Metric(name, name, "", True, "info")
-
-
-def quality_metrics() -> list[Metric]:
-    return [m for m in _ALL if m.kind == "quality"]
-
-
-def cost_metrics() -> list[Metric]:
-    return [m for m in _ALL if m.kind == "cost"]

@@ -148,7 +148,7 @@ def select(rows: Sequence[Row], budget: Budget, cost: str | None = None) -> Sele
     dense = dense_row(rows)
     cost = cost or default_cost(rows)
     cm = metric(cost)
-    if cm.kind != "cost":
+    if cm.role != "cost":
         raise PrunelabError(f"'{cost}' is not a cost metric; use one of: {', '.join(DEFAULT_COSTS)}, ...")
     candidates = [r for r in rows if budget.admits(r, dense) and value(r, cost) is not None]
     if not candidates:

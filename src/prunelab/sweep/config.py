@@ -11,73 +11,78 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, create_model, field_validator
 
-from prunelab.config import StrictModel
+from prunelab.config.base import StrictModel, section
+from prunelab.config.bench import BenchConfig
+from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
+from prunelab.config.models import Dtype
+from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
 
 Loc = tuple[str | int, ...]
 
 
-class Calibration(StrictModel):
-    """Calibration windows shared by every point (computed once per sweep)."""
+Calibration = section(
+    "Calibration",
+    "Calibration windows shared by every point (computed once per sweep; a grid entry may override any of them).",
+    PruneConfig,
+    {"source": "calib", "samples": "calib_samples", "seqlen": "calib_seqlen", "batch_size": "calib_batch_size",
+     "seed": "seed"},
+)  # fmt: skip
+# grid entry key -> PruneConfig field, for the calibration settings a grid entry overrides
+CALIBRATION_FIELDS = {"source": "calib", "samples": "calib_samples", "seqlen": "calib_seqlen",
+                      "batch_size": "calib_batch_size", "seed": "seed"}  # fmt: skip
 
-    source: str = "shakespeare"
-    samples: int = Field(32, ge=1)
-    seqlen: int = Field(512, ge=2)
-    batch_size: int | None = Field(None, ge=1)
-    seed: int = 0
 
-
-class Evaluation(StrictModel):
+class Evaluation(EvalConfig):
     """Quality measurements of every point. `ppl[0]` is the headline perplexity used for budgets and plots."""
 
     ppl: list[str] = Field(default_factory=lambda: ["shakespeare"], min_length=1)
-    seqlen: int = Field(512, ge=2)
-    max_windows: int | None = Field(16, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    tasks: list[str] = Field(default_factory=list, description="zero-shot tasks (prunelab.evaluation.zeroshot)")
-    task_data: str | None = Field(None, description="folder of local task files (offline zero-shot)")
-    limit: int | None = Field(None, ge=1, description="examples per zero-shot task")
+    max_windows: int | None = Field(PRUNE_EVAL_WINDOWS, ge=1)
 
 
-class Measurement(StrictModel):
+Measurement = section(
+    "Measurement",
     """Cost measurements of every point through `prunelab.measurement` (what `prunelab bench` measures).
 
-    Lighter defaults than `prunelab bench`: one prompt length, batch 1, 3 repeats, because every point pays them.
-    `enabled: false` keeps only the parameter counts (no timing, energy or checkpoint sizes).
+    The fields are `BenchConfig`'s, with lighter defaults because every point pays them: one prompt length, batch 1,
+    3 repeats. `enabled: false` keeps only the parameter counts (no timing, energy or checkpoint sizes).""",
+    BenchConfig,
+    {k: k for k in ("gen_len", "batches", "repeats", "warmup", "threads", "energy", "cpu_watts", "country",
+                    "grid_intensity", "size", "sparse_kernels")},
+    defaults={"gen_len": 32, "batches": [1], "repeats": 3, "cpu_watts": None},
+    annotations={"cpu_watts": float | None},
+    extra={
+        "enabled": (bool, Field(True, description="measure costs at all")),
+        "prompt_len": (int, Field(128, ge=1, description="the prefill length (one per sweep)")),
+    },
+)  # fmt: skip
+
+# PruneConfig fields a grid entry sets or varies under their own name. `sparsity` and `pattern` are set through the
+# grid's classic axes `sparsities` and `patterns`; `method` is the entry's own key.
+GRID_SETTINGS = tuple(f for f in PruneConfig.model_fields if f not in ("method", "sparsity", "pattern"))
+AXES = {"sparsity": "sparsities", "pattern": "patterns"}
+
+
+class _GridEntryBase(StrictModel):
+    """One method's slice of the grid: a prune config whose settings may be lists to vary.
+
+    Any `PruneConfig` field may be set (`owl_lambda: 0.04`) or varied (`owl_lambda: [0.04, 0.12]`), and so may every
+    method option (`options: {importance: [magnitude, activation]}`). A field whose value is itself a list
+    (`targets`, `ignore`) varies when given a list of lists. Sparsities and patterns are the grid's classic axes
+    (`sparsities`, `patterns`); structured methods vary their units with `structured_targets`. Values are validated
+    by `PruneConfig` itself when each point is built.
     """
-
-    enabled: bool = True
-    prompt_len: int = Field(128, ge=1)
-    gen_len: int = Field(32, ge=2)
-    batches: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    repeats: int = Field(3, ge=1)
-    warmup: int = Field(1, ge=0)
-    threads: int | None = Field(None, ge=1)
-    energy: Literal["auto", "rapl", "nvml", "estimate", "off"] = "auto"
-    cpu_watts: float | None = Field(None, gt=0)
-    country: str | None = None
-    grid_intensity: float | None = Field(None, gt=0)
-    size: bool = Field(True, description="write dense and compact checkpoints to a temp folder to measure them")
-    sparse_kernels: bool = False
-
-
-class GridEntry(StrictModel):
-    """One method's slice of the grid: sparsities x patterns (x structured targets)."""
 
     method: str
     label: str | None = Field(None, description="name shown in plots instead of the method name")
     sparsities: list[float] = Field(default_factory=list)
     patterns: list[str] = Field(default_factory=lambda: ["unstructured"], min_length=1)
     structured_targets: list[str] = Field(default_factory=list, description="method structured: mlp, heads, ...")
-    targets: list[str] | None = None
-    ignore: list[str] = Field(default_factory=list)
-    allocation: Literal["uniform", "owl"] = "uniform"
-    options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("sparsities")
     @classmethod
@@ -89,18 +94,30 @@ class GridEntry(StrictModel):
             raise ValueError("sparsities repeat a value")
         return v
 
+    def settings(self) -> dict[str, Any]:
+        """The PruneConfig fields this entry sets (values possibly lists to vary), in PruneConfig order."""
+        return {k: getattr(self, k) for k in GRID_SETTINGS if k in self.model_fields_set}
+
+
+GridEntry = create_model(
+    "GridEntry",
+    __base__=_GridEntryBase,
+    __module__=__name__,
+    **{name: (Any, Field(None, description=PruneConfig.model_fields[name].description)) for name in GRID_SETTINGS},
+)
+
 
 class SweepConfig(StrictModel):
     """A whole sweep. Everything except `grid` and `name` is shared by all points and fixed for a sweep folder."""
 
     name: str | None = None
     model: str | None = Field(None, description="HF folder, hub id or .gguf; omitted = embedded SmolLM2-135M")
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     device: str = "cpu"
-    calibration: Calibration = Field(default_factory=Calibration)
+    calibration: Calibration = Field(default_factory=Calibration)  # type: ignore[valid-type]
     evaluation: Evaluation = Field(default_factory=Evaluation)
-    measurement: Measurement = Field(default_factory=Measurement)
-    grid: list[GridEntry] = Field(min_length=1)
+    measurement: Measurement = Field(default_factory=Measurement)  # type: ignore[valid-type]
+    grid: list[GridEntry] = Field(min_length=1)  # type: ignore[valid-type]
 
     _where: Callable[[Loc], str] | None = PrivateAttr(default=None)
 

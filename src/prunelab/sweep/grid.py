@@ -9,15 +9,17 @@ store's uniqueness rest on. The dense baseline is always point 0 (method `dense`
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from prunelab.config import PruneConfig, build
+from prunelab.config.base import build
+from prunelab.config.pattern import parse_pattern
+from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError, did_you_mean
-from prunelab.pruning import METHODS, make_pruner
-from prunelab.pruning.masks import parse_pattern
-from prunelab.sweep.config import GridEntry, SweepConfig
+from prunelab.pruning import METHODS, get_method, make_pruner
+from prunelab.sweep.config import CALIBRATION_FIELDS, SweepConfig
 
 DENSE = "dense"
 
@@ -63,7 +65,7 @@ def point_hash(config: dict[str, Any]) -> str:
 
 def is_structured(method: str) -> bool:
     """Methods that remove whole units change shapes (a mask restore cannot undo them)."""
-    return getattr(METHODS.get(method), "kind", None) == "structured"
+    return get_method(method).capabilities.changes_shapes
 
 
 def structured_prune_fields(target: str) -> dict[str, Any]:
@@ -75,17 +77,54 @@ def _pct(s: float) -> str:
     return f"{s * 100:.4g}%"
 
 
-def _describe(entry: GridEntry) -> str:
+def _is_list_field(key: str) -> bool:
+    return "list[" in str(PruneConfig.model_fields[key].annotation)
+
+
+def _varies(key: str, value: Any) -> bool:
+    """A list varies the setting, except for list-typed fields (targets, ignore), where a list of lists does."""
+    if not isinstance(value, list):
+        return False
+    if key.startswith("options.") or not _is_list_field(key):
+        return True
+    return bool(value) and all(isinstance(v, list) or v is None for v in value)
+
+
+def _split(entry: Any, where: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, list[Any]]]]:
+    """(fixed PruneConfig settings, fixed options, varying axes as (key, values)); options keys as `options.K`."""
+    settings = entry.settings()
+    options = settings.pop("options", None) or {}
+    if not isinstance(options, dict):
+        raise PrunelabError(f"{where}: options must be a mapping of method options")
+    fixed: dict[str, Any] = {}
+    varying: list[tuple[str, list[Any]]] = []
+    for key, value in [*settings.items(), *((f"options.{k}", v) for k, v in options.items())]:
+        if _varies(key, value):
+            varying.append((key, value))
+        else:
+            fixed[key] = value
+    fixed_options = {k.removeprefix("options."): v for k, v in fixed.items() if k.startswith("options.")}
+    return {k: v for k, v in fixed.items() if not k.startswith("options.")}, fixed_options, varying
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _describe(entry: Any, fixed: dict[str, Any], options: dict[str, Any]) -> str:
     name = entry.label or entry.method
     if entry.label is None:
-        if entry.allocation != "uniform":
-            name += f" {entry.allocation}"
-        if entry.targets:
-            name += f" [{','.join(entry.targets)}]"
-        if entry.ignore:
-            name += f" [-{','.join(entry.ignore)}]"
-        if entry.options:
-            name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(entry.options.items())) + ")"
+        if fixed.get("allocation", "uniform") != "uniform":
+            name += f" {fixed['allocation']}"
+        if fixed.get("targets"):
+            name += f" [{','.join(fixed['targets'])}]"
+        if fixed.get("ignore"):
+            name += f" [-{','.join(fixed['ignore'])}]"
+        for key, value in fixed.items():
+            if key not in ("allocation", "targets", "ignore"):
+                name += f" {key}={_show(value)}"
+        if options:
+            name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
     return name
 
 
@@ -99,7 +138,7 @@ def _shared(cfg: SweepConfig) -> dict[str, Any]:
     }
 
 
-def _entry_points(cfg: SweepConfig, i: int, entry: GridEntry) -> list[tuple[str, str, str, float, str | None, dict]]:
+def _entry_points(cfg: SweepConfig, i: int, entry: Any) -> list[tuple[str, str, str, float, str | None, dict]]:
     """(label, series, pattern, sparsity, target, PruneConfig fields) for each point of one grid entry."""
     where = cfg.where
     if entry.method not in METHODS:
@@ -109,42 +148,49 @@ def _entry_points(cfg: SweepConfig, i: int, entry: GridEntry) -> list[tuple[str,
         raise PrunelabError(f"{where(('grid', i))}: method '{entry.method}' needs structured_targets (e.g. [mlp])")
     if not structured and entry.structured_targets:
         raise PrunelabError(f"{where(('grid', i, 'structured_targets'))}: only structured methods take targets")
+    fixed, fixed_options, varying = _split(entry, where(("grid", i, "options")))
+    sparsities, patterns = list(entry.sparsities), list(entry.patterns)
     calib = cfg.calibration
     base = {
         "method": entry.method,
-        "targets": entry.targets,
-        "ignore": entry.ignore,
-        "calib": calib.source,
-        "calib_samples": calib.samples,
-        "calib_seqlen": calib.seqlen,
-        "calib_batch_size": calib.batch_size,
-        "seed": calib.seed,
-        "allocation": entry.allocation,
-        "options": dict(entry.options),
+        **{field: getattr(calib, key) for key, field in CALIBRATION_FIELDS.items()},
+        **fixed,
+        "options": dict(fixed_options),
     }
-    name = _describe(entry)
+    name = _describe(entry, fixed, fixed_options)
     out = []
-    for j, pattern_text in enumerate(entry.patterns):
-        try:
-            pattern = parse_pattern(str(pattern_text))
-        except PrunelabError as e:
-            raise PrunelabError(f"{where(('grid', i, 'patterns', j))}: {e}") from None
-        if pattern.is_nm:
-            if structured:
-                raise PrunelabError(f"{where(('grid', i, 'patterns', j))}: structured methods take no N:M pattern")
-            assert pattern.sparsity is not None
-            out.append((f"{name} {pattern}", f"{name} {pattern}", str(pattern), pattern.sparsity, None, base))
-            continue
-        if not entry.sparsities:
-            raise PrunelabError(f"{where(('grid', i))}: pattern 'unstructured' needs a list of sparsities")
-        for target in entry.structured_targets or [None]:
-            series = f"{name} {target}" if target else name
-            for s in entry.sparsities:
-                fields = {**base, "sparsity": s, "pattern": str(pattern)}
-                if target:
-                    extra = structured_prune_fields(target)
-                    fields = {**fields, **extra, "options": {**base["options"], **extra.get("options", {})}}
-                out.append((f"{series} {_pct(s)}", series, str(pattern), s, target, fields))
+    for combo in itertools.product(*(values for _, values in varying)):
+        fields = {**base, "options": dict(base["options"])}
+        suffix = []
+        for (key, _), value in zip(varying, combo, strict=True):
+            if key.startswith("options."):
+                fields["options"][key.removeprefix("options.")] = value
+            else:
+                fields[key] = value
+            suffix.append(f"{key.removeprefix('options.')}={_show(value)}")
+        combo_name = " ".join([name, *suffix])
+        for j, pattern_text in enumerate(patterns):
+            try:
+                pattern = parse_pattern(str(pattern_text))
+            except PrunelabError as e:
+                raise PrunelabError(f"{where(('grid', i, 'patterns', j))}: {e}") from None
+            if pattern.is_nm:
+                if structured:
+                    raise PrunelabError(f"{where(('grid', i, 'patterns', j))}: structured methods take no N:M pattern")
+                assert pattern.sparsity is not None
+                label = f"{combo_name} {pattern}"
+                out.append((label, label, str(pattern), pattern.sparsity, None, fields))
+                continue
+            if not sparsities:
+                raise PrunelabError(f"{where(('grid', i))}: pattern 'unstructured' needs a list of sparsities")
+            for target in entry.structured_targets or [None]:
+                series = f"{combo_name} {target}" if target else combo_name
+                for s in sparsities:
+                    point_fields = {**fields, "sparsity": s, "pattern": str(pattern)}
+                    if target:
+                        extra = structured_prune_fields(target)
+                        point_fields["options"] = {**fields["options"], **extra.get("options", {})}
+                    out.append((f"{series} {_pct(s)}", series, str(pattern), s, target, point_fields))
     return out
 
 
@@ -158,12 +204,14 @@ def expand_grid(cfg: SweepConfig) -> list[Point]:
     seen: dict[str, str] = {points[0].point_id: "the dense baseline"}
     labels = {DENSE}
     for i, entry in enumerate(cfg.grid):
-        for label, series, pattern, sparsity, target, fields in _entry_points(cfg, i, entry):
+        expanded = _entry_points(cfg, i, entry)
+        structured = is_structured(entry.method)
+        for label, series, pattern, sparsity, target, fields in expanded:
             fields = {**fields, "pattern": pattern}
             if "sparsity" not in fields:
                 fields["sparsity"] = None
-            prune_cfg = build(PruneConfig, fields, f"settings of {label}")
             try:
+                prune_cfg = build(PruneConfig, fields, f"settings of {label}")
                 make_pruner(prune_cfg)  # validates the method's options and the sparsity/pattern pair now
             except PrunelabError as e:
                 raise PrunelabError(f"{cfg.where(('grid', i))}: {label}: {e}") from None
@@ -175,9 +223,25 @@ def expand_grid(cfg: SweepConfig) -> list[Point]:
             if label in labels:
                 label = f"{label} #{len(points)}"
             labels.add(label)
-            structured = is_structured(entry.method)
             shown = "structured" if structured else pattern
             points.append(
                 Point(len(points), pid, label, series, entry.method, shown, sparsity, target, structured, config)
             )
     return points
+
+
+def flat_settings(point: Point) -> dict[str, Any]:
+    """A point's prune settings as one flat mapping (`options.K` for method options); {} for the dense point."""
+    prune = point.config["prune"] or {}
+    flat = {k: v for k, v in prune.items() if k != "options"}
+    flat.update({f"options.{k}": v for k, v in (prune.get("options") or {}).items()})
+    return flat
+
+
+def varying_settings(points: list[Point]) -> list[str]:
+    """The prune settings whose values differ between the pruned points, in PruneConfig order."""
+    flats = [flat_settings(p) for p in points if p.config["prune"] is not None]
+    keys: list[str] = []
+    for flat in flats:
+        keys.extend(k for k in flat if k not in keys)
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]

@@ -1,9 +1,9 @@
 """Run one sweep point on a model in memory: restore, prune, evaluate, measure.
 
 This module is the sweep's only contact with the rest of prunelab, through narrow adapters, one per concern:
-`prune_model` (pruning registry), `measure_perplexity` (evaluation.perplexity), `measure_zeroshot`
-(evaluation.zeroshot, issue 7), `measure_costs` (measurement.bench, issue 3). Each returns flat metrics named as in
-`prunelab.report.metrics`; a metric that was not measured is absent, never guessed.
+`prune_model` (the one prune path, `prunelab.pruning.run.prune` = `prunelab.api.prune`), `measure_perplexity`
+(evaluation.perplexity), `measure_zeroshot` (evaluation.zeroshot), `measure_costs` (measurement.bench). Each returns
+flat metrics named as in `prunelab.report.metrics`; a metric that was not measured is absent, never guessed.
 
 Restoring instead of reloading: mask-only methods change weight values, not shapes, so the dense weights are kept
 once as a CPU state dict and copied back before every point (a fraction of a second for a 135M model, against
@@ -13,6 +13,7 @@ seconds for a reload). Structured points change shapes: they work on a deep copy
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import socket
 import time
@@ -25,11 +26,13 @@ import torch
 from torch import nn
 
 from prunelab import data
-from prunelab.errors import PrunelabError
+from prunelab.config.bench import BenchConfig
+from prunelab.config.prune import PruneConfig
 from prunelab.evaluation.perplexity import perplexity
-from prunelab.models import LoadedModel, context_length, prunable_layers
+from prunelab.models import LoadedModel, check_context, prunable_layers
 from prunelab.pruning import make_pruner
-from prunelab.sweep.config import Measurement, SweepConfig
+from prunelab.pruning.run import calibration_windows, prune
+from prunelab.sweep.config import SweepConfig
 from prunelab.sweep.grid import Point
 from prunelab.sweep.store import crash_hook
 
@@ -45,15 +48,16 @@ class Context:
     cfg: SweepConfig
     lm: LoadedModel
     dense_state: dict[str, torch.Tensor] | None = None  # None: the model is fresh (a Ray task loads its own)
-    _calib: torch.Tensor | None = None
+    _calib: dict[str, torch.Tensor] = field(default_factory=dict)
     _windows: dict[str, torch.Tensor] = field(default_factory=dict)
     _zeroshot_plan: Any = None
 
-    def calib(self) -> torch.Tensor:
-        if self._calib is None:
-            c = self.cfg.calibration
-            self._calib = data.calibration_data(self.lm.tokenizer, c.source, c.samples, c.seqlen, c.seed)
-        return self._calib
+    def calib(self, cfg: PruneConfig) -> torch.Tensor:
+        """The calibration windows of `cfg`, built once per distinct calibration (usually once per sweep)."""
+        key = json.dumps(cfg.calibration_record(), sort_keys=True)
+        if key not in self._calib:
+            self._calib[key] = calibration_windows(self.lm.model, self.lm.tokenizer, cfg)
+        return self._calib[key]
 
     def windows(self, source: str) -> torch.Tensor:
         if source not in self._windows:
@@ -85,12 +89,10 @@ def check_inputs(cfg: SweepConfig) -> None:
 
 
 def check_model(cfg: SweepConfig, model: nn.Module) -> None:
-    limit = context_length(model)
     longest = max(cfg.calibration.seqlen, cfg.evaluation.seqlen)
     if cfg.measurement.enabled:
         longest = max(longest, cfg.measurement.prompt_len + cfg.measurement.gen_len)
-    if limit is not None and longest > limit:
-        raise PrunelabError(f"a window of {longest} tokens is beyond the model's context length ({limit})")
+    check_context(model, longest, f"a window of {longest} tokens")
 
 
 # --- dense weights -------------------------------------------------------------------------------------------------
@@ -118,13 +120,11 @@ def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def prune_model(ctx: Context, model: nn.Module, point: Point) -> dict[str, Any]:
-    """Prune `model` in place as the point says (what `api.prune` does, with calibration shared across points)."""
+    """Prune `model` in place as the point says, through the one prune path, calibration shared across points."""
     cfg = point.prune
     assert cfg is not None
-    pruner = make_pruner(cfg)
-    calib = ctx.calib() if pruner.needs_calibration else None
-    torch.manual_seed(cfg.seed)
-    result = pruner.prune(model, calib)
+    calib = ctx.calib(cfg) if make_pruner(cfg).needs_calibration else None
+    result = prune(model, cfg, calib, ctx.lm.tokenizer)
     return {k: v for k, v in result.to_dict().items() if k != "layers"}
 
 
@@ -168,10 +168,8 @@ def measure_zeroshot(ctx: Context, model: nn.Module) -> tuple[dict[str, float], 
     return metrics, {name: r.to_dict() for name, r in results.items()}
 
 
-def bench_config(m: Measurement) -> Any:
-    """The sweep's measurement section as a `prunelab.measurement.BenchConfig`."""
-    from prunelab.measurement.bench import BenchConfig
-
+def bench_config(m: Any) -> BenchConfig:
+    """The sweep's measurement section as the `BenchConfig` it is a lighter view of."""
     fields: dict[str, Any] = {
         "prompt_lens": [m.prompt_len],
         "gen_len": m.gen_len,

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prunelab.errors import PrunelabError
-
-if TYPE_CHECKING:
-    from prunelab.sweep.config import SweepConfig
-    from prunelab.sweep.grid import Point
-    from prunelab.sweep.runner import OnError, OnResult, RayOptions
+from prunelab.models import load_model
+from prunelab.sweep.config import SweepConfig
+from prunelab.sweep.executor import OnError, OnResult, RayOptions
+from prunelab.sweep.grid import Point
+from prunelab.sweep.point import Context, check_model, run_point
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,6 @@ INSTALL_HINT = "pip install 'prunelab[sweep]'  (or: pip install 'ray>=2')"
 def _task(cfg_data: dict[str, Any], point: Point) -> dict[str, Any]:
     """Body of one Ray task: load the model, run the point, return the result dict (no store access)."""
     import transformers
-
-    from prunelab.models import load_model
-    from prunelab.sweep.config import SweepConfig
-    from prunelab.sweep.point import Context, check_model, run_point
 
     transformers.utils.logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,16 +1,16 @@
 """Run a sweep: expand the grid, skip what the store already has, run the rest, commit each point as it finishes.
 
 The driver (this process) is the only writer of the store, whatever the executor: the local executor runs points
-here in grid order on one loaded model; the Ray executor (`ray_executor.py`) runs one point per task and hands
-each result back here. A point that raises is logged and left out of the store (a rerun retries it); the other
-points go on. The dense baseline is point 0 of every sweep, measured by the same code as every other point.
+here in grid order on one loaded model; the Ray executor (`ray_executor.py`) runs one point per task and hands each
+result back here; both speak the callback types of `executor.py`, so neither imports the other. A point that raises
+is logged and left out of the store (a rerun retries it); the other points go on. The dense baseline is point 0 of
+every sweep, measured by the same code as every other point.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,18 +19,15 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from prunelab._util import environment
+from prunelab.errors import PrunelabError
 from prunelab.models import load_model
 from prunelab.sweep.config import SweepConfig
+from prunelab.sweep.executor import EXECUTORS, OnError, OnResult, RayOptions
 from prunelab.sweep.grid import Point, expand_grid
 from prunelab.sweep.point import Context, check_inputs, check_model, run_point, snapshot
 from prunelab.sweep.store import PointRecord, ResultStore, crash_hook
 
 log = logging.getLogger(__name__)
-
-EXECUTORS = ("local", "ray")
-OnResult = Callable[[Point, dict[str, Any]], None]
-OnError = Callable[[Point, BaseException], None]
-
 
 @dataclass
 class SweepOutcome:
@@ -45,15 +42,6 @@ class SweepOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "folder": str(self.folder)}
-
-
-@dataclass
-class RayOptions:
-    """Where and how the Ray executor runs tasks (resources are per task, i.e. per point)."""
-
-    address: str | None = None
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
 
 
 def run_local(cfg: SweepConfig, todo: list[Point], total: int, on_result: OnResult, on_error: OnError) -> None:
@@ -82,8 +70,6 @@ def run_sweep(
     cfg: SweepConfig, out: str | Path, executor: str = "local", ray: RayOptions | None = None
 ) -> SweepOutcome:
     """Run every point of `cfg` that `out/results.sqlite` does not hold yet; returns what happened."""
-    from prunelab.errors import PrunelabError
-
     if executor not in EXECUTORS:
         raise PrunelabError(f"unknown executor '{executor}'; use one of {', '.join(EXECUTORS)}")
     start = time.perf_counter()
@@ -135,3 +121,6 @@ def run_sweep(
                 bar.close()
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+__all__ = ["EXECUTORS", "RayOptions", "SweepOutcome", "run_local", "run_sweep"]

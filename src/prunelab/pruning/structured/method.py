@@ -16,38 +16,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, replace
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab import calibration
-from prunelab.config import PruneConfig
+from prunelab.config.methods import StructuredOptions
+from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import find_blocks, is_prunable, weight_2d
-from prunelab.pruning.base import LayerResult, Pruner, PruneResult
+from prunelab.pruning.base import Capabilities, LayerResult, Pruner, PruneResult
 from prunelab.pruning.structured import importance as imp
 from prunelab.pruning.structured import surgery
 
 log = logging.getLogger(__name__)
-
-Target = Literal["mlp", "heads", "layers", "mlp+heads"]
-Importance = Literal["magnitude", "activation", "block-influence"]
-
-
-class StructuredOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    target: Target = "mlp"
-    importance: Importance | None = Field(None, description="default: activation; block-influence for layers")
-    compensate: bool = Field(False, description="FLAP bias compensation of the removed units' mean output")
-    recover_steps: int = Field(0, ge=0, description="LoRA fine-tune steps on the calibration windows (needs peft)")
-    recover_lr: float = Field(2e-4, gt=0)
-    recover_rank: int = Field(8, ge=1)
-    recover_batch_size: int = Field(1, ge=1)
-
 
 @dataclass
 class Plan:
@@ -67,15 +51,17 @@ def macs_per_token(model: nn.Module) -> int:
 class Structured(Pruner):
     name = "structured"
     summary = "remove MLP channels, attention heads (GQA-aware) or layers; smaller, faster (FLAP/ShortGPT)"
-    kind: ClassVar[str] = "structured"
     Options = StructuredOptions
+    capabilities = Capabilities(
+        changes_shapes=True, supports_nm=False, comparison_group="unit", block_local=False, layer_filters=False
+    )
 
     def __init__(self, cfg: PruneConfig) -> None:
         super().__init__(cfg)
         o: StructuredOptions = self.options
         if self.pattern.is_nm:
             raise PrunelabError("structured pruning removes whole units; an N:M --pattern does not apply")
-        if getattr(cfg, "allocation", "uniform") != "uniform":
+        if cfg.allocation != "uniform":
             raise PrunelabError("--allocation applies to layer-wise methods; structured pruning is uniform per layer")
         if cfg.targets or cfg.ignore:
             raise PrunelabError("--targets/--ignore do not apply to structured pruning; choose units with --target")
@@ -89,9 +75,10 @@ class Structured(Pruner):
             raise PrunelabError("--compensate applies to mlp/heads targets, not to removed layers")
 
     @property
-    def needs_calibration(self) -> bool:
+    def caps(self) -> Capabilities:
         o: StructuredOptions = self.options
-        return self.importance != "magnitude" or o.compensate or o.recover_steps > 0
+        needs = self.importance != "magnitude" or o.compensate or o.recover_steps > 0
+        return replace(self.capabilities, needs_calibration=needs)
 
     # ---- planning -------------------------------------------------------------------------------------------
     def _plan(self, model: nn.Module, specs: list[surgery.BlockSpec], block_params: list[int]) -> Plan:
@@ -188,7 +175,7 @@ class Structured(Pruner):
                 )
         surgery.check_loadable(model)
 
-        result = PruneResult(self.name, o.target, self.sparsity)
+        result = PruneResult(self.name, o.target, self.sparsity, kind="structured")
         kept = [i for i in range(len(block_params)) if i not in set(dropped)]
         after = dict(zip(kept, (sum(p.numel() for p in b.parameters()) for b in blocks), strict=True))
         for i, numel in enumerate(block_params):
@@ -227,8 +214,7 @@ class Structured(Pruner):
         return {"layers": layers, "mlp_channels": s.n_channels, "attention_heads": s.n_heads, "kv_heads": s.n_kv}
 
     def _batch_size(self, model: nn.Module) -> int:
-        device = next(model.parameters()).device
-        return self.cfg.calib_batch_size or (1 if device.type == "cpu" else 8)
+        return self.cfg.calib_batch(next(model.parameters()).device.type)
 
     def _drop_layers(self, model: nn.Module, blocks: nn.ModuleList, calib: torch.Tensor | None, n: int) -> list[int]:
         """ShortGPT: score every block on the dense model's hidden states, drop the n least influential."""

@@ -28,84 +28,28 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab import data
 from prunelab._util import environment, peak_rss_mb, write_json_atomic
-from prunelab.config import PruneConfig, StrictModel, build
+from prunelab.config.prune import PruneConfig
+from prunelab.config.train_aware import COMPARED, LEVELS, PRESETS, PRUNE_RATES, TrainAwareConfig, make_config
 from prunelab.errors import PrunelabError
 from prunelab.evaluation.perplexity import perplexity
 from prunelab.models import prunable_layers, weight_2d
-from prunelab.pruning import make_pruner
-from prunelab.pruning.trajectory import TrajectoryCallback, TrajectoryTracker, Weighting
+from prunelab.pruning.run import prune
+from prunelab.training.callbacks import TrajectoryCallback
+from prunelab.training.tracker import MODEL_ATTR, TrajectoryTracker
+
+__all__ = ["COMPARED", "LEVELS", "PRESETS", "PRUNE_RATES", "CharTokenizer", "TrainAwareConfig", "make_config",
+           "plot", "prune_levels", "run"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-PRUNE_RATES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
-# method label -> (prunelab method, options)
-METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "magnitude": ("magnitude", {}),
-    "trajectory": ("trajectory", {"weights": "final"}),
-    "trajectory-avg": ("trajectory", {"weights": "average"}),
-}
-
-
-class TrainAwareConfig(StrictModel):
-    """One reproduction run. Presets fill these; any field can be overridden."""
-
-    corpus: str = "shakespeare"
-    layers: int = Field(ge=1)
-    hidden: int = Field(ge=8)
-    heads: int = Field(ge=1)
-    intermediate: int = Field(ge=8)
-    seqlen: int = Field(ge=8)
-    batch_size: int = Field(ge=1)
-    epochs: int = Field(ge=1)
-    steps_per_epoch: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    warmup_steps: int = Field(0, ge=0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    weight_decay: float = Field(0.1, ge=0)
-    last_k: int | None = Field(None, ge=1, description="epochs averaged by the tracker (None = all)")
-    weighting: Weighting = "sqrt"
-    eval_windows: int = Field(64, ge=1, description="validation windows of seqlen tokens for the final table")
-    epoch_eval_windows: int = Field(16, ge=1, description="validation windows for the per-epoch curve")
-    train_chars: int | None = Field(None, ge=1000, description="use only this many training characters")
-    levels: list[float] = Field(default_factory=lambda: list(LEVELS))
-    prune_rates: list[float] = Field(default_factory=lambda: list(PRUNE_RATES))
-    seed: int = 0
-    threads: int | None = Field(None, ge=1, description="torch CPU threads during the run (default: torch's)")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # About 120k parameters, 200 steps of 32 x 64 characters: the under-5-minutes smoke run of the method. One
-    # thread: at this width a second one costs 10x the CPU time in synchronisation on a busy 2-core machine.
-    "tiny": dict(layers=2, hidden=64, heads=4, intermediate=192, seqlen=64, batch_size=32, epochs=10,
-                 steps_per_epoch=20, lr=3e-3, warmup_steps=20, last_k=5, eval_windows=64, threads=1),
-    # About 0.8M parameters: the largest run that takes about half an hour on a 2-core CPU.
-    "small": dict(layers=4, hidden=128, heads=4, intermediate=384, seqlen=128, batch_size=16, epochs=20,
-                  steps_per_epoch=40, lr=2e-3, warmup_steps=50, last_k=10, eval_windows=64, threads=1),
-    # The paper's 10.7M parameters, with nanoGPT shakespeare-char's shape and schedule (see the module docstring).
-    "paper": dict(layers=6, hidden=384, heads=6, intermediate=1024, seqlen=256, batch_size=64, epochs=100,
-                  steps_per_epoch=50, lr=1e-3, warmup_steps=100, last_k=10, eval_windows=200),
-}  # fmt: skip
-
-
-def make_config(preset: str, **overrides: Any) -> TrainAwareConfig:
-    if preset not in PRESETS:
-        from prunelab.errors import did_you_mean
-
-        raise did_you_mean(preset, PRESETS, "preset")
-    return build(TrainAwareConfig, {**PRESETS[preset], **overrides}, f"train-aware settings (preset {preset})")
-
 
 @dataclass
 class CharTokenizer:
@@ -224,19 +168,20 @@ def _compact(report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def sweep(
+def prune_levels(
     model: nn.Module, cfg: TrainAwareConfig, val: torch.Tensor
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Prune a copy of the trained weights at each level with each method; then the threshold-mode sweep."""
+    """Prune a copy of the trained weights at each level with each compared variant (through the one prune
+    path, `prunelab.pruning.run.prune`); then the threshold-mode sweep of PruneRates."""
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     levels: list[dict[str, Any]] = []
-    runs = [(c, label) for c in cfg.levels for label in METHODS]
+    runs = [(c, label) for c in cfg.levels for label in COMPARED]
     for compression, label in tqdm(runs, desc="prune+eval", unit="run"):
         model.load_state_dict(trained)
-        method, options = METHODS[label]
+        method, options = COMPARED[label]
         row: dict[str, Any] = {"compression": compression, "method": label}
         if compression > 0:
-            result = make_pruner(PruneConfig(method=method, sparsity=compression, options=options)).prune(model, None)
+            result = prune(model, PruneConfig(method=method, sparsity=compression, options=options))
             row.update(achieved_sparsity=result.achieved_sparsity, result=_compact(result.to_dict()))
         else:  # dense reference: the final weights, or the averaged clone for trajectory-avg
             if options.get("weights") == "average":
@@ -248,7 +193,7 @@ def sweep(
     threshold: list[dict[str, Any]] = []
     for rate in cfg.prune_rates:
         model.load_state_dict(trained)
-        result = make_pruner(PruneConfig(method="trajectory", options={"prune_rate": rate})).prune(model, None)
+        result = prune(model, PruneConfig(method="trajectory", options={"prune_rate": rate}))
         ppl = perplexity(model, val, batch_size=16, desc="val")
         threshold.append(
             {
@@ -267,7 +212,7 @@ def sweep(
 
 def _load_average(model: nn.Module) -> None:
     """Replace every tracked layer's weight by its weighted-average clone."""
-    tracker: TrajectoryTracker = model._prunelab_trajectory  # type: ignore[assignment]
+    tracker: TrajectoryTracker = getattr(model, MODEL_ATTR)
     with torch.no_grad():
         for name, module in prunable_layers(model).items():
             weight_2d(module).copy_(tracker.average(name))
@@ -302,7 +247,7 @@ def _run(cfg: TrainAwareConfig, preset: str, json_path: str | None, plot_path: s
     curve = train(model, cfg, ids, epoch_val, TrajectoryCallback(tracker))
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    levels, threshold = sweep(model, cfg, val)
+    levels, threshold = prune_levels(model, cfg, val)
     report: dict[str, Any] = {
         "preset": preset,
         "config": cfg.model_dump(),
@@ -349,7 +294,7 @@ def plot(report: dict[str, Any], path: str) -> str | None:
         log.warning("matplotlib is not installed (pip install 'prunelab[plot]'): no plot written")
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label in METHODS:
+    for label in COMPARED:
         rows = [r for r in report["levels"] if r["method"] == label]
         ax.plot([100 * r["compression"] for r in rows], [r["val_loss"] for r in rows], marker="o", label=label)
     rows = report["threshold_sweep"]

@@ -1,0 +1,77 @@
+"""Perplexity and zero-shot accuracy of a model (`prunelab eval`, and the before/after of `prunelab prune`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+
+from prunelab import data
+from prunelab._util import environment, peak_rss_mb, write_json_atomic
+from prunelab.config.evaluation import EvalConfig
+from prunelab.config.models import ModelConfig
+from prunelab.evaluation import zeroshot
+from prunelab.evaluation.perplexity import PerplexityResult, perplexity
+from prunelab.models import check_seqlen, load_model
+from prunelab.pruning.run import sparsity_report
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    sources: list[str],
+    seqlen: int = 512,
+    max_windows: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, PerplexityResult]:
+    """Perplexity on each source's evaluation split."""
+    check_seqlen(model, seqlen)
+    results: dict[str, PerplexityResult] = {}
+    for source in sources:
+        windows = data.eval_windows(data.tokenize(tokenizer, data.load_text(source, "eval").text), seqlen, max_windows)
+        results[source] = perplexity(model, windows, batch_size, desc=f"ppl {source}")
+        log.info("perplexity %s: %.3f (%d x %d tokens)", source, results[source].perplexity, windows.shape[0], seqlen)
+    return results
+
+
+def ppl_values(results: dict[str, PerplexityResult]) -> dict[str, float]:
+    return {k: v.perplexity for k, v in results.items()}
+
+
+def perplexity_sources(ev: EvalConfig) -> list[str]:
+    """The sources to measure: as given; by default shakespeare, or none when zero-shot tasks are asked for."""
+    return list(ev.ppl) if "ppl" in ev.model_fields_set or not ev.tasks else []
+
+
+def eval_job(ev: EvalConfig, source: ModelConfig | None = None, json_path: str | None = None) -> dict[str, Any]:
+    """Load a model and measure perplexity on each source, and zero-shot accuracy on `ev.tasks` if given."""
+    source = source or ModelConfig()
+    ppl = perplexity_sources(ev)
+    for name in ppl:
+        data.check_source(name)
+    plan = zeroshot.resolve_tasks(ev.tasks, ev.task_data) if ev.tasks else None  # bad names fail before loading
+    lm = load_model(source.model, dtype=source.dtype, device=source.device, device_map=source.device_map)
+    results = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ppl else {}
+    report: dict[str, Any] = {
+        "model": lm.source,
+        "perplexity": ppl_values(results),
+        "perplexity_eval": {k: v.to_dict() for k, v in results.items()},
+        "tokens": sum(r.windows * r.seqlen for r in results.values()),
+        "seconds": sum(r.seconds for r in results.values()),
+        **sparsity_report(lm.model),
+        "peak_rss_mb": peak_rss_mb(),
+        "environment": environment(),
+    }
+    if plan is not None:
+        scores = zeroshot.run_tasks(lm.model, lm.tokenizer, plan, ev.limit, ev.batch_size)
+        report["zeroshot"] = {k: v.to_dict() for k, v in scores.items()}
+        report["zeroshot_mean"] = zeroshot.zeroshot_mean(scores)
+        setup = {"limit": ev.limit, "task_data": ev.task_data}
+        report["zeroshot_setup"] = {**setup, **zeroshot.harness_info(ev.batch_size)}
+        report["peak_rss_mb"] = peak_rss_mb()
+    if json_path:
+        write_json_atomic(json_path, report)
+    return report

@@ -1,0 +1,82 @@
+"""`prunelab prune`: load, evaluate, prune, evaluate, save (or stream a checkpoint block by block)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prunelab._util import peak_rss_mb, write_json_atomic
+from prunelab.api.evaluate import evaluate, ppl_values
+from prunelab.config.evaluation import EvalConfig
+from prunelab.config.models import ModelConfig
+from prunelab.config.prune import PruneConfig
+from prunelab.errors import PrunelabError
+from prunelab.models import check_output, check_seqlen, load_model, save_model
+from prunelab.pruning import make_pruner
+from prunelab.pruning.run import check_sources, prune, prune_report, sparsity_report
+from prunelab.streaming import prune_streaming
+
+
+def prune_job(
+    cfg: PruneConfig,
+    source: ModelConfig | None = None,
+    ev: EvalConfig | None = None,
+    output: str | None = None,
+    overwrite: bool = False,
+    evaluate_before: bool = True,
+    json_path: str | None = None,
+) -> dict[str, Any]:
+    """Load, evaluate (`ev`; None = no perplexity), prune, evaluate, save. Returns the JSON report."""
+    source = source or ModelConfig()
+    check_output(output, overwrite)
+    pruner = make_pruner(cfg)  # validate method, pattern, sparsity and options before any heavy work
+    ppl = list(ev.ppl) if ev is not None else []
+    check_sources(pruner, ppl)
+    started = time.perf_counter()
+    lm = load_model(source.model, dtype=source.dtype, device=source.device, device_map=source.device_map)
+    load_seconds = time.perf_counter() - started
+    before: dict[str, float] = {}
+    if ppl:
+        assert ev is not None
+        check_seqlen(lm.model, ev.seqlen)
+        if evaluate_before:
+            before = ppl_values(evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size))
+    rss_before_prune = peak_rss_mb()
+    result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
+    after = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev and ppl else {}
+    report = prune_report(
+        lm.source, cfg, result, pruner.needs_calibration, load_seconds, rss_before_prune, sparsity_report(lm.model)
+    )
+    if before:
+        report["perplexity_before"] = before
+    if after:
+        report["perplexity"] = ppl_values(after)
+        if before:
+            # Relative degradation per corpus: pruning calibrated on one kind of text can hurt another far more.
+            report["perplexity_change"] = {k: v / before[k] - 1 for k, v in report["perplexity"].items()}
+        report["perplexity_eval"] = {k: v.to_dict() for k, v in after.items()}
+    if output:
+        meta = {k: v for k, v in report.items() if k != "perplexity_eval"}
+        save_model(lm.model, lm.tokenizer, output, meta, overwrite)
+        report["output"] = str(output)
+    report["total_seconds"] = time.perf_counter() - started
+    if json_path:
+        write_json_atomic(json_path, report)
+    return report
+
+
+def prune_streaming_job(
+    cfg: PruneConfig,
+    source: ModelConfig,
+    output: str | None,
+    overwrite: bool = False,
+    json_path: str | None = None,
+) -> dict[str, Any]:
+    """Prune a local safetensors checkpoint one block at a time (see `prunelab.streaming`), for models larger
+    than memory. No perplexity is measured: the whole model never is in memory; evaluate the output separately."""
+    if source.device_map:
+        raise PrunelabError("--streaming does not take --device-map")
+    report = prune_streaming(source.model, cfg, output, overwrite=overwrite, device=source.device, dtype=source.dtype)
+    if json_path:
+        write_json_atomic(json_path, report)
+    return report

@@ -1,0 +1,16 @@
+"""`prunelab train-aware`: the training-aware pruning reproduction (see `prunelab.experiments.train_aware`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prunelab.config.train_aware import make_config
+from prunelab.experiments.train_aware import run
+
+
+def train_aware_job(
+    preset: str, overrides: dict[str, Any], json_path: str | None = None, plot_path: str | None = None
+) -> dict[str, Any]:
+    """Train, track, prune at every level with every compared variant, evaluate; the report has `config`."""
+    cfg = make_config(preset, **overrides)
+    return run(cfg, preset, json_path=json_path, plot_path=plot_path)

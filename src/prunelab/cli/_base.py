@@ -1,0 +1,93 @@
+"""Shared CLI machinery: the parser that exits 2 on bad input, help that shows every default, and options built
+from the typed configs (`add_field`), so a flag's default, type, choices and help are the config field's."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from typing import Any, Literal, NoReturn, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+from prunelab.config.models import ModelConfig
+from prunelab.errors import did_you_mean
+
+_FROM_FIELD: Any = object()
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"prunelab: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """A value outside `choices` gets the project's did-you-mean message (`--method wandaa` -> 'wanda')."""
+        if action.choices is not None and value not in action.choices:
+            what = (action.dest or "value").replace("_", " ")
+            self.error(str(did_you_mean(str(value), map(str, action.choices), what)))
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if isinstance(action, argparse._StoreFalseAction):
+            return f"{text} (default: on)"
+        default = action.default
+        shown = "none" if default is None or default == [] else " ".join(map(str, default)) if isinstance(
+            default, list) else str(default)  # fmt: skip
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(the annotation without `| None`, whether None was allowed)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return (args[0] if len(args) == 1 else annotation), True
+    return annotation, False
+
+
+def add_field(
+    p: Any, model: type[BaseModel], name: str, flag: str | None = None, default: Any = _FROM_FIELD, **kwargs: Any
+) -> argparse.Action:
+    """An option for `model.name`: type, choices (a Literal), nargs (a list), default and help from the field."""
+    info = model.model_fields[name]
+    annotation, _ = _unwrap(info.annotation)
+    spec: dict[str, Any] = {"dest": name, "help": info.description or name.replace("_", " ")}
+    if get_origin(annotation) is list:
+        spec["nargs"] = "+"
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) is Literal:
+        spec["choices"] = list(get_args(annotation))
+        annotation = type(spec["choices"][0])
+    if annotation is bool:
+        spec["action"] = "store_true"
+    elif annotation in (int, float):
+        spec["type"] = annotation
+    spec["default"] = info.get_default(call_default_factory=True) if default is _FROM_FIELD else default
+    spec.update(kwargs)
+    return p.add_argument(flag or f"--{name.replace('_', '-')}", **spec)
+
+
+def model_args(p: argparse.ArgumentParser, device_map: bool = False) -> None:
+    """--model, --dtype, --device (and --device-map), from `ModelConfig`; --json."""
+    for name in ("model", "dtype", "device", *(["device_map"] if device_map else [])):
+        add_field(p, ModelConfig, name)
+    p.add_argument("--json", dest="json_path", default=None, help="write the machine-readable report here")
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(
+        model=args.model, dtype=args.dtype, device=args.device, device_map=getattr(args, "device_map", None)
+    )
+
+
+def values(args: argparse.Namespace, names: Any) -> dict[str, Any]:
+    """The parsed values of these fields, as a config's keyword arguments."""
+    return {name: getattr(args, name) for name in names}

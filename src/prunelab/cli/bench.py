@@ -1,0 +1,79 @@
+"""`prunelab bench`: parse -> BenchConfig (+ ModelConfig) -> api.bench_job -> print."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from prunelab.cli._base import add_field, model_args, model_config, values
+from prunelab.config.base import build
+from prunelab.config.bench import BenchConfig
+
+# flag -> BenchConfig field, where the flag's name is not the field's
+RENAMED = {"--prompt-len": "prompt_lens", "--batch": "batches"}
+FIELDS = ["prompt_lens", "gen_len", "batches", "repeats", "warmup", "threads", "energy", "country", "grid_intensity",
+          "cpu_watts", "sparse_kernels", "size"]  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="measure latency, throughput, memory, size, energy and carbon of a model")
+    model_args(p)
+    for flag, name in RENAMED.items():
+        add_field(p, BenchConfig, name, flag)
+    for name in ("gen_len", "repeats", "warmup", "threads", "energy"):
+        add_field(p, BenchConfig, name)
+    where = p.add_mutually_exclusive_group()
+    add_field(where, BenchConfig, "country")
+    add_field(where, BenchConfig, "grid_intensity")
+    add_field(p, BenchConfig, "cpu_watts")
+    add_field(p, BenchConfig, "sparse_kernels")
+    add_field(p, BenchConfig, "size", "--no-size", action="store_false",
+              help="skip writing checkpoints to measure size on disk")  # fmt: skip
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunelab import api
+
+    cfg = build(BenchConfig, values(args, FIELDS), "bench settings")
+    report = api.bench_job(cfg, model_config(args), json_path=args.json_path)
+    print_bench(report)
+    return 0
+
+
+def print_bench(r: dict[str, Any]) -> None:
+    lat, mem, size, energy, carbon, hw = (r[k] for k in ("latency", "memory", "size", "energy", "carbon", "hardware"))
+    print(f"{r['model']} ({hw['dtype']}, {hw['device']}, {hw['torch_threads']} threads, {hw['cpu']})")
+    for length, st in lat["prefill_ms"].items():
+        cpu = lat["prefill_cpu_ms"][length]["median"]
+        print(
+            f"prefill {length:>5} tokens: {st['median']:9.1f} ms       "
+            f"(IQR {st['iqr']:.1f}, n={st['n']}; CPU time {cpu:.1f} ms)"
+        )
+    st = lat["decode_tokens_per_s"]
+    print(f"decode:              {st['median']:9.2f} tokens/s (IQR {st['iqr']:.2f})")
+    for batch, st in lat["throughput_tokens_per_s"].items():
+        print(f"throughput batch {batch:>3}: {st['median']:8.2f} tokens/s (IQR {st['iqr']:.2f})")
+    phases = ", ".join(f"{k} {v['peak_rss_mb']:.0f}" for k, v in mem["phases"].items())
+    print(f"peak RSS: {mem['peak_rss_mb']:.0f} MiB ({phases})")
+    if "dense_bytes" in size:
+        line = f"size: dense {size['dense_bytes'] / 1e6:.1f} MB, compact {size['compact_bytes'] / 1e6:.1f} MB"
+        line += f" ({size['compact_ratio']:.1%}), {size['nonzero_params']:,} of {size['params']:,} params non-zero"
+        if "float16" in size:
+            f16 = size["float16"]
+            line += f"; float16: {f16['dense_bytes'] / 1e6:.1f} -> {f16['compact_bytes'] / 1e6:.1f} MB"
+        print(line)
+    if energy.get("joules") is not None:
+        label = "ESTIMATE" if energy["is_estimate"] else "measured"
+        print(
+            f"energy [{energy['energy_source']}, {label}]: {energy['joules']:.2f} J per run, "
+            f"{energy['joules_per_token']:.3f} J/token, {energy['joules_per_1k_prefill_tokens']:.2f} J per 1k "
+            f"prefill tokens (meter overhead {energy['overhead_fraction']:.2e} of metered time)"
+        )
+        print(
+            f"carbon [{carbon['country'] or 'user'} {carbon['grid_intensity']:g} gCO2eq/kWh]: "
+            f"{carbon['g_co2eq_per_1k_tokens']:.4f} g per 1k generated tokens, "
+            f"{carbon['g_co2eq_per_million_requests'] / 1000:.2f} kg per million requests"
+        )
+    for note in r.get("notes", []):
+        print(f"note: {note}")

@@ -1,0 +1,127 @@
+"""`prunelab prune`: parse -> PruneConfig (+ ModelConfig, EvalConfig) -> api.prune_job / prune_streaming_job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from prunelab.cli._base import add_field, model_args, model_config, values
+from prunelab.config.base import build
+from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
+from prunelab.config.methods import StructuredOptions
+from prunelab.config.prune import DEFAULT_SPARSITY, PruneConfig
+from prunelab.errors import PrunelabError
+from prunelab.pruning import METHODS
+
+# PruneConfig fields with a flag of their own (`options` has --option and the structured shortcuts).
+PRUNE_FLAGS = [f for f in PruneConfig.model_fields if f != "options"]
+SHORTCUTS = ("target", "importance", "compensate", "recover_steps")  # structured options with a flag
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("prune", help="prune a model, evaluate before/after, save it")
+    model_args(p, device_map=True)
+    for name in PRUNE_FLAGS:
+        if name == "method":
+            add_field(p, PruneConfig, name, choices=list(METHODS), metavar="METHOD",
+                      help="see `prunelab methods`: " + ", ".join(METHODS))  # fmt: skip
+        elif name == "sparsity":
+            add_field(p, PruneConfig, name, help=f"fraction of weights removed (default {DEFAULT_SPARSITY} when "
+                      "unstructured; 1 - N/M for an N:M pattern)")  # fmt: skip
+        elif name in ("targets", "ignore"):
+            add_field(p, PruneConfig, name, metavar="LAYER")
+        else:
+            add_field(p, PruneConfig, name)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
+    structured = p.add_argument_group("structured method (shortcuts for its --option values)")
+    for name in SHORTCUTS:
+        info = StructuredOptions.model_fields[name]
+        method_default = info.get_default()
+        help_text = f"{info.description} (method default: {method_default})"
+        add_field(structured, StructuredOptions, name, default=None, help=help_text)
+    p.add_argument("--ppl", nargs="*", default=None, help="perplexity sources (default shakespeare; none if streaming)")
+    p.add_argument("--no-eval-before", action="store_true", help="skip the dense perplexity")
+    p.add_argument("--output", default=None, help="folder for the pruned model (HF format + prunelab.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="load, prune and write one block at a time, for models larger than memory (local safetensors folder)",
+    )
+    add_field(p, EvalConfig, "seqlen")
+    add_field(p, EvalConfig, "max_windows", default=PRUNE_EVAL_WINDOWS)
+    p.set_defaults(run=run)
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PrunelabError(f"--option expects KEY=VALUE, got '{item}'")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def prune_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--option values plus the structured shortcuts, which only that method accepts."""
+    options = parse_options(args.option)
+    shortcuts = {k: getattr(args, k) for k in SHORTCUTS if getattr(args, k) is not None}
+    if shortcuts and not METHODS[args.method].capabilities.changes_shapes:
+        flags = ", ".join("--" + k.replace("_", "-") for k in shortcuts)
+        raise PrunelabError(f"{flags} only apply to --method structured (got --method {args.method})")
+    return {**options, **shortcuts}
+
+
+def prune_config(args: argparse.Namespace) -> PruneConfig:
+    fields = values(args, PRUNE_FLAGS)
+    if fields["sparsity"] is None and fields["pattern"] == "unstructured":
+        fields["sparsity"] = DEFAULT_SPARSITY
+    return build(PruneConfig, {**fields, "options": prune_options(args)}, "prune settings")
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunelab import api
+
+    cfg = prune_config(args)
+    source = model_config(args)
+    if args.streaming:
+        if args.ppl or args.device_map:
+            flag = "--ppl (evaluate the output with `prunelab eval`)" if args.ppl else "--device-map"
+            raise PrunelabError(f"--streaming does not take {flag}")
+        report = api.prune_streaming_job(cfg, source, args.output, args.overwrite, args.json_path)
+    else:
+        ppl = ["shakespeare"] if args.ppl is None else args.ppl
+        ev_fields = {"ppl": ppl, "seqlen": args.seqlen, "max_windows": args.max_windows}
+        ev = build(EvalConfig, ev_fields, "evaluation settings") if ppl else None
+        report = api.prune_job(cfg, source, ev, args.output, args.overwrite, not args.no_eval_before, args.json_path)
+    print_prune(report)
+    return 0
+
+
+def print_prune(report: dict[str, Any]) -> None:
+    before, after = report.get("perplexity_before", {}), report.get("perplexity", {})
+    if report["kind"] == "structured":  # units removed, not weights zeroed
+        print(
+            f"{report['method']} {report['pattern']} sparsity {report['sparsity']:.3g}: removed "
+            f"{report['achieved_reduction']:.4f} of {report['block_params_before']:,} decoder-block params, "
+            f"params {report['params_before']:,} -> {report['params_after']:,}, "
+            f"FLOPs/token x{report['flops_ratio']:.3f} in {report['prune_seconds']:.1f} s, "
+            f"peak RSS {report['peak_rss_mb']:.0f} MiB"
+        )
+    else:
+        print(
+            f"{report['method']} {report['pattern']} sparsity {report['sparsity']:.3g}: "
+            f"achieved {report['achieved_sparsity']:.4f} of {report['prunable_params']:,} prunable weights "
+            f"in {report['prune_seconds']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MiB"
+        )
+    for source, value in after.items():
+        b = before.get(source)
+        change = f"{b:.3f} -> {value:.3f} ({(value / b - 1) * 100:+.1f}%)" if b else f"{value:.3f}"
+        print(f"perplexity [{source}]: {change}")
+    if report.get("output"):
+        print(f"saved to {report['output']}")

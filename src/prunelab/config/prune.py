@@ -1,0 +1,75 @@
+"""What to prune and how: the one definition of every prune setting and its default.
+
+The CLI flags of `prunelab prune` and the keys of a sweep's grid entries are built from these fields (see
+`prunelab.cli.prune` and `prunelab.sweep.grid`), so a new setting is added here once. Method-specific settings
+live in `options` and are validated by that method's own options model (`prunelab.config.methods`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import Field, field_validator
+
+from prunelab.config.base import StrictModel
+from prunelab.config.pattern import Pattern, parse_pattern
+from prunelab.errors import PrunelabError
+
+Allocation = Literal["uniform", "owl"]
+ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
+# `prunelab prune` without --sparsity on an unstructured pattern (the API and the sweep ask for it explicitly).
+DEFAULT_SPARSITY = 0.5
+
+
+class PruneConfig(StrictModel):
+    """What to prune and how. `sparsity` may be omitted for N:M patterns (it is then 1 - N/M)."""
+
+    method: str = Field("wanda", description="pruning method, see `prunelab methods`")
+    sparsity: float | None = Field(None, description="fraction of weights removed (1 - N/M for an N:M pattern)")
+    pattern: str = Field("unstructured", description="unstructured or N:M, e.g. 2:4 (N kept of every M)")
+    targets: list[str] | None = Field(None, description="layer names or re:REGEX to prune (default all)")
+    ignore: list[str] = Field(default_factory=list, description="layer names or re:REGEX to leave dense")
+    calib: str = Field("shakespeare", description="calibration source (offline)")
+    calib_samples: int = Field(32, ge=1, description="calibration windows")
+    calib_seqlen: int = Field(512, ge=2, description="tokens per calibration window")
+    calib_batch_size: int | None = Field(None, ge=1, description="windows per forward; default 1 on CPU, 8 on GPU")
+    seed: int = Field(0, description="seed of the calibration windows and of the pruning itself")
+    allocation: Allocation = Field("uniform", description="per-block sparsity: uniform or OWL")
+    owl_lambda: float = Field(0.08, ge=0.0, lt=1.0, description="OWL: max deviation of a block from the target")
+    owl_m: float = Field(5.0, gt=0.0, description="OWL: a score is an outlier above M x the block's mean score")
+    options: dict[str, Any] = Field(default_factory=dict, description="method options (see `prunelab methods`)")
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v < 1.0:
+            raise ValueError(f"sparsity must be in (0, 1), got {v}")
+        return v
+
+    @property
+    def pattern_obj(self) -> Pattern:
+        return parse_pattern(self.pattern)
+
+    def calibration_record(self) -> dict[str, Any]:
+        """Where the calibration data came from, as prune reports record it."""
+        return {"source": self.calib, "samples": self.calib_samples, "seqlen": self.calib_seqlen, "seed": self.seed}
+
+    def calib_batch(self, device_type: str) -> int:
+        """Windows per calibration forward: as asked, else 1 on a CPU (measured: batching there only adds memory
+        traffic) and 8 on an accelerator."""
+        return self.calib_batch_size or (1 if device_type == "cpu" else 8)
+
+    def resolved_sparsity(self) -> float:
+        """The sparsity to apply, reconciling --sparsity with an N:M pattern."""
+        pattern = self.pattern_obj
+        if pattern.is_nm:
+            implied = pattern.sparsity
+            assert implied is not None
+            if self.sparsity is not None and abs(self.sparsity - implied) > 1e-9:
+                raise PrunelabError(
+                    f"pattern {pattern} implies sparsity {implied:g}, but sparsity {self.sparsity:g} was given"
+                )
+            return implied
+        if self.sparsity is None:
+            raise PrunelabError("sparsity is required for unstructured pruning (e.g. --sparsity 0.5)")
+        return self.sparsity
