@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from prunelab import PruneConfig, data, load_model, prune
-from prunelab._util import environment
+from prunelab._util import environment, write_json_atomic
 from prunelab.evaluation.perplexity import perplexity
 
 
@@ -78,7 +77,7 @@ def main() -> None:
 
     def save() -> None:
         results["_meta"] = {"args": vars(args), "environment": environment(), "model": lm.source}
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        write_json_atomic(results_path, results)  # a kill mid-write keeps the previous results
 
     needed_dense = sorted({e for *_, evals in plan for e in evals})
     have = results.get("dense", {}).get("ppl", {})
@@ -107,9 +106,8 @@ def main() -> None:
             owl_lambda=args.owl_lambda,
             owl_m=args.owl_m,
         )
-        started = time.perf_counter()
         result = prune(lm.model, cfg, calib=calib_windows[calib])
-        prune_s = time.perf_counter() - started
+        prune_s = result.seconds  # the method's own clock (the one every prune report uses)
         results[key] = {
             "method": method,
             "sparsity": sparsity,

@@ -6,6 +6,8 @@ count, safetensors size on disk, prefill time of a 128-token prompt and greedy d
 min_new_tokens = max_new_tokens) with a fixed thread count. Dense and pruned are timed alternately (A/B, warm-up
 then the median of a few repeats each), so a change of machine load hits both sides of a ratio alike.
 `bound` is the decode speedup the per-token multiplies allow (lm_head included); `of bound` = speedup / bound.
+Timings and sizes come from `prunelab.measurement` (`latency.prefill` / `latency.decode`, `size.measure_sizes`),
+the protocol of `prunelab bench`: random-token prompts, decode speed between the first and last generated token.
 
     nice -n 10 python bench/bench_structured.py quality   # prune, perplexity, save each model (bench/out/)
     nice -n 10 python bench/bench_structured.py speed     # time each saved model against dense, A/B
@@ -22,14 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prunelab import PruneConfig, PrunelabError, evaluate, load_model, prune
+from prunelab.measurement.latency import decode, prefill
+from prunelab.measurement.size import measure_sizes
 
 SIZES = (0.1, 0.25, 0.5)
 TARGETS = ("mlp", "heads", "layers", "mlp+heads")
@@ -44,61 +46,32 @@ VARIANTS: tuple[tuple[str, float, dict[str, Any]], ...] = (
 )
 
 
-# Wall clock by default; `--cpu-time` (with one thread) times the process's own CPU seconds instead, which a
-# machine shared with other jobs inflates far less than wall time (memory bandwidth and caches are still shared).
-CLOCK = time.perf_counter
+DECODE_PROMPT = 16  # tokens of the prompt the decode runs start from (decode speed leaves the prefill out)
 
 
-def median_seconds(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = CLOCK()
-        fn()
-        times.append(CLOCK() - start)
-    return statistics.median(times)
+def timings(model: torch.nn.Module, prompt_len: int, new_tokens: int, repeats: int, cpu_time: bool) -> dict[str, float]:
+    """Prefill ms of a `prompt_len`-token prompt and decode tokens/s, by `prunelab.measurement.latency`.
 
-
-def timings(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict[str, float]:
-    """Prefill ms of `prompt` and decode tokens/s (generate time minus one prefill, per new token after the first)."""
-    short = prompt[:, :16]
-    with torch.inference_mode():
-
-        def prefill() -> None:
-            model(input_ids=prompt, use_cache=True)
-
-        def generate() -> None:
-            model.generate(
-                input_ids=short,
-                attention_mask=torch.ones_like(short),
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=0,
-            )
-
-        def short_prefill() -> None:
-            model(input_ids=short, use_cache=True)
-
-        prefill()
-        generate()  # warm-up
-        t_prefill = median_seconds(prefill, repeats)
-        t_gen = median_seconds(generate, repeats)
-        t_short = median_seconds(short_prefill, repeats)
-    return {"prefill_ms": 1000 * t_prefill, "decode_tok_s": (new_tokens - 1) / (t_gen - t_short)}
+    `cpu_time`: the process's CPU time instead of wall time (a machine shared with other jobs inflates it far
+    less; memory bandwidth and caches are still shared).
+    """
+    pre = prefill(model, prompt_len, warmup=1, repeats=repeats)
+    dec, _ = decode(model, DECODE_PROMPT, new_tokens, warmup=1, repeats=repeats)
+    if cpu_time:
+        return {"prefill_ms": pre.extra["cpu_ms"].median, "decode_tok_s": 1e3 / dec.extra["cpu_ms_per_token"].median}
+    return {"prefill_ms": pre.stats.median, "decode_tok_s": dec.stats.median}
 
 
 def disk_mb(model: torch.nn.Module) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        return sum(f.stat().st_size for f in Path(tmp).glob("*.safetensors")) / 2**20
+    return measure_sizes(model, verify=False)["dense_bytes"] / 2**20
 
 
-def measure_pair(dense: torch.nn.Module, pruned: torch.nn.Module, prompt: torch.Tensor, args: Any) -> dict[str, Any]:
+def measure_pair(dense: torch.nn.Module, pruned: torch.nn.Module, args: Any) -> dict[str, Any]:
     """A/B timings: dense, pruned, dense, pruned ... (rounds), medians of each side."""
     d, p = [], []
     for _ in range(args.rounds):
-        d.append(timings(dense, prompt, args.new_tokens, args.repeats))
-        p.append(timings(pruned, prompt, args.new_tokens, args.repeats))
+        d.append(timings(dense, args.prompt_len, args.new_tokens, args.repeats, args.cpu_time))
+        p.append(timings(pruned, args.prompt_len, args.new_tokens, args.repeats, args.cpu_time))
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
@@ -209,7 +182,7 @@ def quality(args: Any, out: Path, models: Path) -> None:
 
 def speed(args: Any, out: Path) -> None:
     """Time every saved model (plain from_pretrained) against the dense one, A/B, same process and threads."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     rows, shapes = [], set()
     for r in read_rows(out):
@@ -221,14 +194,12 @@ def speed(args: Any, out: Path) -> None:
     speed_out = out.with_suffix(".speed.jsonl")
     done = {(r["name"], r["sparsity"]) for r in read_rows(speed_out)}
     dense_path = next(r["path"] for r in read_rows(out) if r["name"] == "dense")
-    tok = AutoTokenizer.from_pretrained(dense_path)
-    prompt = torch.tensor([tok("To be, or not to be, that is the question. " * 40)["input_ids"][:128]])
     dense = AutoModelForCausalLM.from_pretrained(dense_path, dtype=torch.float32).eval()
     for r in rows:
         if (r["name"], r["sparsity"]) in done:
             continue
         pruned = AutoModelForCausalLM.from_pretrained(r["path"], dtype=torch.float32).eval()
-        row = {"name": r["name"], "sparsity": r["sparsity"], **measure_pair(dense, pruned, prompt, args)}
+        row = {"name": r["name"], "sparsity": r["sparsity"], **measure_pair(dense, pruned, args)}
         row["threads"], row["load_avg"] = args.threads, Path("/proc/loadavg").read_text().split()[:3]
         row["clock"] = "process_time" if args.cpu_time else "wall"
         with speed_out.open("a") as f:
@@ -276,6 +247,7 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=None, help="reeval only these rows, as NAME@SPARSITY (mlp@0.5)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=128, help="speed: prefill prompt tokens")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="A/B alternations of dense and pruned timings")
     ap.add_argument("--cpu-time", action="store_true", help="speed: time process CPU seconds (use --threads 1)")
@@ -286,9 +258,6 @@ def main() -> None:
         print_table(merged(out))
         return
     torch.set_num_threads(args.threads)
-    if args.cpu_time:
-        global CLOCK
-        CLOCK = time.process_time
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
