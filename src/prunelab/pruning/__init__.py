@@ -37,7 +37,15 @@ def get_method(name: str) -> type[Pruner]:
 def make_pruner(cfg: PruneConfig, stages: Sequence[str] = ()) -> Pruner:
     """The configured method, validated (options, sparsity, pattern); `stages` by name (see `pruning.stages`)."""
     cls = get_method(cfg.method)
-    return cls(cfg, stages=stages) if stages else cls(cfg)
+    if not stages:
+        return cls(cfg)
+    from prunelab.pruning.base import LayerwisePruner
+
+    if not issubclass(cls, LayerwisePruner):
+        from prunelab.errors import PrunelabError
+
+        raise PrunelabError(f"method '{cfg.method}' does not prune layer by layer, so it takes no stages")
+    return cls(cfg, stages=stages)
 
 
 _BASE = ["Capabilities", "LayerResult", "LayerwisePruner", "Pruner", "PruneResult"]
