@@ -160,6 +160,30 @@ def perplexity(
     return PerplexityResult(math.exp(nll), nll, len(rows), seqlen, tokens, seconds)
 
 
+def compare_with_torch(
+    path: str | os.PathLike[str], model: torch.nn.Module, windows: torch.Tensor, threads: int | None = None
+) -> dict[str, Any]:
+    """Teacher-forced check of a GGUF against the torch model it was exported from, on token windows (n, seqlen):
+    the share of positions where both pick the same next token, and the largest logit difference. A wrong q/k
+    permutation, tensor name or tokenizer drops agreement to near chance; near-ties make a few positions differ."""
+    rows = _windows(windows)
+    llm = load(path, n_ctx=len(rows[0]), threads=threads, logits_all=True)
+    same = positions = 0
+    worst = 0.0
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for w in rows:
+                ref = model(input_ids=torch.tensor([w], device=device)).logits[0].float().cpu().numpy()
+                got = logits(llm, w)
+                same += int((ref.argmax(-1) == got.argmax(-1)).sum())
+                positions += len(w)
+                worst = max(worst, float(np.abs(ref - got).max()))
+    finally:
+        llm.close()
+    return {"agreement": same / positions, "positions": positions, "max_abs_logit_diff": worst}
+
+
 def text_windows(llm: Any, text: str, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
     """Evaluation windows of a text tokenized by llama.cpp itself (for a GGUF with no Hugging Face tokenizer)."""
     from prunelab.data import eval_windows
