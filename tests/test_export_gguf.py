@@ -457,3 +457,9 @@ def test_unsupported_rope_scaling_is_refused(tokenizer, tmp_path) -> None:
     model.config.rope_parameters = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
     with pytest.raises(PrunelabError, match="RoPE scaling 'yarn'"):
         export_gguf(model, tokenizer, tmp_path / "x.gguf")
+
+
+def test_rows_that_are_not_whole_blocks_stay_f16_and_say_so(tokenizer, tmp_path) -> None:
+    report = export_gguf(per_layer_model(), tokenizer, tmp_path / "q.gguf", quant="q8_0")
+    assert report["tensor_types"]["F16"] == 1  # layer 0's ffn_down: rows of 40 values, not whole 32-blocks
+    assert any("1 matrices stayed f16" in n and "(40 values)" in n for n in report["notes"])

@@ -254,7 +254,14 @@ def _quantize_llamacpp(src: Path, dst: Path, quant: str, threads: int | None) ->
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
     params.nthread = threads or 0
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    try:
+        from llama_cpp._utils import suppress_stdout_stderr  # llama.cpp logs every tensor to stderr
+    except ImportError:  # pragma: no cover - a future llama-cpp-python without it
+        quiet: Any = contextlib.nullcontext()
+    else:
+        quiet = suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG))
+    with quiet:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
         raise PrunelabError(f"llama.cpp's quantizer failed on {src.name} -> {quant} (code {rc})")
 
@@ -362,6 +369,8 @@ def export_gguf(
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
         raise
+    types = tensor_types(out)
+    notes += _block_notes(q, types, int(model.config.hidden_size), geo)
     return {
         "path": str(out),
         "arch": arch_name,
@@ -369,12 +378,31 @@ def export_gguf(
         "quant": q,
         "tensors": count,
         "file_bytes": out.stat().st_size,
-        "tensor_types": tensor_types(out),
+        "tensor_types": types,
         "layers": {"n_ff": geo.n_ff, "n_head": geo.n_head, "n_head_kv": geo.n_kv, "head_dim": geo.head_dim},
         "tokenizer_source": tokmeta.source,
         "tokenizer_pre": tokmeta.get(gguf.Keys.Tokenizer.PRE),
         "notes": notes,
     }
+
+
+def _block_notes(quant: str, types: dict[str, int], hidden: int, geo: Geometry) -> list[str]:
+    """Say when block quantization could not apply: rows must be whole blocks (32 values; 256 for k-quants)."""
+    notes = []
+    widths = sorted({hidden, *geo.n_ff})
+    if quant not in ("f16", "bf16") and types.get("F16"):
+        odd = [w for w in widths if w % 32]
+        notes.append(
+            f"{types['F16']} matrices stayed f16: their rows ({', '.join(map(str, odd)) or '?'} values) are not whole "
+            f"{quant} blocks of 32, so the file is larger than {quant} promises; structured widths that are multiples "
+            "of 32 (256 for k-quants) avoid it"
+        )
+    if "_k" in quant and any(w % 256 for w in widths):
+        notes.append(
+            f"widths {', '.join(str(w) for w in widths if w % 256)} are not multiples of 256: llama.cpp's {quant} "
+            "falls back to 32-block types (Q5_0, Q8_0...) for those matrices"
+        )
+    return notes
 
 
 def _sparsity(model: nn.Module) -> float:
