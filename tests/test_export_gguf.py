@@ -463,3 +463,12 @@ def test_rows_that_are_not_whole_blocks_stay_f16_and_say_so(tokenizer, tmp_path)
     report = export_gguf(per_layer_model(), tokenizer, tmp_path / "q.gguf", quant="q8_0")
     assert report["tensor_types"]["F16"] == 1  # layer 0's ffn_down: rows of 40 values, not whole 32-blocks
     assert any("1 matrices stayed f16" in n and "(40 values)" in n for n in report["notes"])
+
+
+def test_sliding_window_is_noted_only_when_it_applies(tokenizer, tmp_path) -> None:
+    model = make_model("mistral")
+    model.config.sliding_window = 128  # shorter than the 256-token context
+    assert any("sliding_window 128" in n for n in export_gguf(model, tokenizer, tmp_path / "m.gguf")["notes"])
+    qwen = make_model("qwen2")
+    qwen.config.sliding_window, qwen.config.use_sliding_window = 128, False
+    assert not any("sliding_window" in n for n in export_gguf(qwen, tokenizer, tmp_path / "q.gguf")["notes"])

@@ -334,10 +334,13 @@ def export_gguf(
                 f"'{gguf.MODEL_ARCH_NAMES[fam.arch]}' builds every layer alike and has no per-layer variant here"
             )
         notes.append("layers differ in width or head count: written as llama.cpp's 'deci' (per-layer arrays)")
-    if getattr(model.config, "sliding_window", None):
+    window = (
+        getattr(model.config, "sliding_window", None) if getattr(model.config, "use_sliding_window", True) else None
+    )
+    if window and window < int(getattr(model.config, "max_position_embeddings", 0) or 0):
         notes.append(
-            f"sliding_window {model.config.sliding_window} is not applied by llama.cpp's llama "
-            "architecture: outputs match within the window only"
+            f"sliding_window {window} is not applied by llama.cpp's {gguf.MODEL_ARCH_NAMES[fam.arch]} "
+            "architecture: outputs match for contexts up to the window only"
         )
     vocab = int(model.get_input_embeddings().weight.shape[0])
     if source_gguf is not None:
