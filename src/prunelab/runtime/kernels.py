@@ -1,0 +1,200 @@
+"""CPU kernels that read fewer weight bytes per decode token, and the short measurement that picks one per shape.
+
+Activation-sparse (the input has zeros below the threshold; W^T is stored (in, out) so that one input channel's
+weights are one contiguous row):
+- `index_select`: gather the kept rows of W^T (the union over the rows of a small batch), then one matmul.
+  Reads the kept rows, but writes and re-reads a copy of them.
+- `embedding_bag`: `F.embedding_bag(mode="sum", per_sample_weights=x)` over W^T: y = sum_j x_j W^T[j], one bag
+  per token; no copy. At batch 1 that is one bag, and embedding_bag parallelises over bags: one thread.
+- `embedding_bag_split`: batch 1 only, the kept channels cut into one bag per intra-op thread, bags summed after:
+  the same bytes, read by every thread.
+- `dense`: the original layer on the thresholded input (same maths, full price).
+
+Weight-sparse: `csr` (torch.sparse_csr matrix-vector / matrix products) against `dense`.
+
+Which kernel wins depends on the shape, the kept fraction, the batch and the threads, and, for a decode step that
+streams every layer once, on the weights being out of cache. The measurement therefore cycles over every layer of
+a shape (as a decode step does) with the model's own weights, under the one timing protocol
+(`measurement.timing.time_runs`, median of the runs).
+
+Why gathering gave nothing at input width 1536 (down_proj, W 576 x 1536), from indicative single-process runs on a
+shared 2-core AMD EPYC (30 layers cycled, 50% kept): (1) the dense baseline is the best case there: a GEMV whose
+rows are 1536 contiguous floats streams at ~16 GB/s, against ~11 GB/s for the 576-wide shapes, so the same bytes
+skipped buy less time; (2) at batch 1 embedding_bag is one bag, hence one thread (~10.7 GB/s alone), while dense
+uses both; (3) index_select writes the kept rows to a fresh 1.7 MB buffer and reads them again (about 3x the
+kept bytes, plus page faults), and with 2.3 KB rows (vs 6 KB for gate/up) a random half of the rows is barely
+cheaper to fetch than all of them (prefetchers and DRAM pages work in larger runs: a contiguous half costs about
+half, a strided half nearly the whole). `embedding_bag_split` (one bag per thread) answers (2): 95 us against
+221 us dense for 1536 x 576 at 50% in that run; the bench re-measures it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from prunelab.errors import did_you_mean
+from prunelab.measurement.timing import summarize, time_runs
+
+log = logging.getLogger(__name__)
+
+ACT_KERNELS = ("dense", "index_select", "embedding_bag", "embedding_bag_split")
+WEIGHT_KERNELS = ("dense", "csr")
+ROW_BUCKETS = (1, 2, 4, 8)
+
+
+def _bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return y if bias is None else y + bias
+
+
+def index_select_kernel(
+    x2: torch.Tensor, keep: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """(n, in) input, (n, in) keep mask, (in, out) W^T -> (n, out)."""
+    if x2.shape[0] == 1:
+        idx = keep[0].nonzero().squeeze(1)
+        xs = x2.index_select(1, idx)
+    else:
+        idx = keep.any(0).nonzero().squeeze(1)
+        xs = x2.masked_fill(~keep, 0.0).index_select(1, idx)
+    w = wt.index_select(0, idx)
+    return torch.addmm(bias, xs, w) if bias is not None else xs @ w
+
+
+def embedding_bag_kernel(
+    x2: torch.Tensor, keep: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, split: int = 1
+) -> torch.Tensor:
+    """One bag per token (or, at batch 1 with `split` > 1, `split` bags summed): y_i = sum_j x_ij W^T[j]."""
+    nz = keep.nonzero()
+    cols = nz[:, 1]
+    vals = x2[keep]
+    n = x2.shape[0]
+    if n == 1 and split > 1:
+        per = max(1, math.ceil(cols.numel() / split))
+        offsets = torch.arange(0, split, device=x2.device) * per
+        offsets = offsets.clamp_(max=cols.numel())
+        y = F.embedding_bag(cols, wt, offsets, mode="sum", per_sample_weights=vals).sum(0, keepdim=True)
+        return _bias(y, bias)
+    counts = keep.sum(1)
+    offsets = torch.zeros(n, dtype=torch.long, device=x2.device)
+    if n > 1:
+        offsets[1:] = counts.cumsum(0)[:-1]
+    return _bias(F.embedding_bag(cols, wt, offsets, mode="sum", per_sample_weights=vals), bias)
+
+
+def embedding_bag_split_kernel(
+    x2: torch.Tensor, keep: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return embedding_bag_kernel(x2, keep, wt, bias, split=max(1, torch.get_num_threads()))
+
+
+SPARSE_ACT: dict[str, Callable[..., torch.Tensor]] = {
+    "index_select": index_select_kernel,
+    "embedding_bag": embedding_bag_kernel,
+    "embedding_bag_split": embedding_bag_split_kernel,
+}
+
+
+def to_csr(weight: torch.Tensor) -> torch.Tensor:
+    """(out, in) dense -> CSR (torch marks sparse CSR as beta; the warning says nothing a user can act on)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return weight.detach().to_sparse_csr()
+
+
+def csr_kernel(x2: torch.Tensor, csr: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(n, in) x CSR (out, in) -> (n, out): a sparse matrix-vector product per decode token."""
+    if x2.shape[0] == 1:
+        return _bias(torch.mv(csr, x2[0]).unsqueeze(0), bias)
+    return _bias(torch.sparse.mm(csr, x2.t().contiguous()).t(), bias)
+
+
+# ---------------------------------------------------------------- choice
+
+
+def check_kernel(name: str, known: Sequence[str], what: str) -> None:
+    if name not in known:
+        raise did_you_mean(name, known, what)
+
+
+def _median_seconds(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
+    seconds, _ = time_runs(fn, warmup, repeats)
+    return summarize(seconds).median
+
+
+def sample_input(in_features: int, rows: int, keep: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random (rows, in) input and the mask that keeps about `keep` of each row (largest |x| kept)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, in_features, generator=gen)
+    k = max(1, min(in_features, round(keep * in_features)))
+    cut = x.abs().topk(k, dim=1).values[:, -1:]
+    return x, x.abs() >= cut
+
+
+def measure_act_kernels(
+    weights_t: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    keep: float,
+    rows: int,
+    dense: list[Callable[[torch.Tensor], torch.Tensor]],
+    kernels: Sequence[str] = ACT_KERNELS,
+    warmup: int = 2,
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Median seconds per token of one pass over every layer of a shape, per kernel (weights out of cache)."""
+    in_f = weights_t[0].shape[0]
+    x, mask = sample_input(in_f, rows, keep)
+    x = x.to(weights_t[0].dtype).to(weights_t[0].device)
+    mask = mask.to(x.device)
+    xm = x.masked_fill(~mask, 0.0)
+    out: dict[str, float] = {}
+    for name in kernels:
+        if name == "embedding_bag_split" and (rows > 1 or torch.get_num_threads() == 1):
+            continue
+        if name == "dense":
+
+            def run(fs=dense) -> None:
+                for f in fs:
+                    f(xm)
+        else:
+            fn = SPARSE_ACT[name]
+
+            def run(fn=fn) -> None:
+                for wt, b in zip(weights_t, biases, strict=True):
+                    fn(x, mask, wt, b)
+
+        with torch.inference_mode():
+            out[name] = _median_seconds(run, warmup, repeats) / rows
+    return out
+
+
+def measure_weight_kernels(
+    dense: list[Callable[[torch.Tensor], torch.Tensor]],
+    csrs: list[torch.Tensor],
+    in_features: int,
+    rows: int = 1,
+    warmup: int = 2,
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Median seconds per token of one pass over a set of same-shape layers: dense against CSR."""
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(0)).to(csrs[0].dtype)
+
+    def run_dense() -> None:
+        for f in dense:
+            f(x)
+
+    def run_csr() -> None:
+        for c in csrs:
+            csr_kernel(x, c, None)
+
+    with torch.inference_mode():
+        return {
+            "dense": _median_seconds(run_dense, warmup, repeats) / rows,
+            "csr": _median_seconds(run_csr, warmup, repeats) / rows,
+        }
