@@ -213,6 +213,11 @@ def weight_2d(module: nn.Module) -> torch.Tensor:
     return module.weight.data
 
 
+def in_features(module: nn.Module) -> int:
+    """Width of the input a Linear / Conv1D reads (the activation-sparsity runtime groups layers by it)."""
+    return weight_2d(module).shape[1]
+
+
 def _matches(name: str, patterns: list[str]) -> bool:
     for p in patterns:
         if p.startswith("re:"):
