@@ -85,6 +85,10 @@ def test_known_sets_are_choices() -> None:
         ("prune", "--target"): list(TARGETS),
         ("prune", "--importance"): list(IMPORTANCES),
         ("bench", "--energy"): list(ENERGY_CHOICES),
+        ("bench", "--sparse-kernels"): ["auto", "off"],
+        ("eval", "--sparse-kernels"): ["auto", "off"],
+        ("generate", "--sparse-kernels"): ["auto", "off"],
+        ("calibrate-activations", "--allocation"): ["uniform", "greedy"],
         ("train-aware", "--preset"): list(PRESETS),
     }
     for (command, flag), choices in expected.items():
@@ -99,8 +103,17 @@ def test_flag_defaults_are_the_config_defaults() -> None:
             assert prune[field] == info.get_default(call_default_factory=True), field
     bench = {a.dest: a.default for a in subs["bench"]._actions}
     for field, info in BenchConfig.model_fields.items():
-        if field != "seed":
+        if field not in ("seed", "sparse_kernels"):  # bench's --sparse-kernels is RuntimeConfig's (auto|off)
             assert bench[field] == info.get_default(call_default_factory=True), field
+    from prunelab.config.runtime import ActivationCalibConfig, RuntimeConfig
+
+    for command in ("eval", "generate"):
+        actions = {a.dest: a.default for a in subs[command]._actions}
+        for field, info in RuntimeConfig.model_fields.items():
+            assert actions[field] == info.get_default(), (command, field)
+    calibrate = {a.dest: a.default for a in subs["calibrate-activations"]._actions}
+    for field, info in ActivationCalibConfig.model_fields.items():
+        assert calibrate[field] == info.get_default(call_default_factory=True), field
 
 
 def test_a_typo_in_a_choice_gets_did_you_mean(capsys) -> None:

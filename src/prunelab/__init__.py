@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from prunelab.config import PruneConfig
     from prunelab.models import load_model
     from prunelab.pruning import METHODS, get_method
+    from prunelab.runtime.weights import load_sparse
 
 _LAZY = {
     **dict.fromkeys(["bench", "bench_job", "eval_job", "evaluate", "prune", "prune_job", "sparsity_report"],
@@ -22,6 +23,7 @@ _LAZY = {
     **dict.fromkeys(["METHODS", "get_method"], "prunelab.pruning"),
     "PruneConfig": "prunelab.config",
     "load_model": "prunelab.models",
+    "load_sparse": "prunelab.runtime.weights",
 }
 
 
@@ -46,6 +48,7 @@ __all__ = [
     "evaluate",
     "get_method",
     "load_model",
+    "load_sparse",
     "prune",
     "prune_job",
     "sparsity_report",

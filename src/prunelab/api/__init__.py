@@ -12,6 +12,7 @@ one prune path (`prunelab.pruning.run`), shared with the sweep, streaming and th
 from prunelab.api.bench import bench, bench_job
 from prunelab.api.evaluate import eval_job, evaluate
 from prunelab.api.prune import prune_job, prune_streaming_job
+from prunelab.api.runtime import calibrate_activations_job, generate_job, load_for_run
 from prunelab.api.sweep import plan_sweep, report_job, sweep_job
 from prunelab.api.train_aware import train_aware_job
 from prunelab.models import check_seqlen, load_model
@@ -20,9 +21,12 @@ from prunelab.pruning.run import prune, sparsity_report
 __all__ = [
     "bench",
     "bench_job",
+    "calibrate_activations_job",
     "check_seqlen",
     "eval_job",
     "evaluate",
+    "generate_job",
+    "load_for_run",
     "load_model",
     "plan_sweep",
     "prune",

@@ -8,13 +8,16 @@ from typing import Any
 from torch import nn
 
 from prunelab._util import write_json_atomic
+from prunelab.api.runtime import check_runtime, load_for_run
 from prunelab.config.bench import BenchConfig
 from prunelab.config.models import ModelConfig
 from prunelab.config.prune import PruneConfig
+from prunelab.config.runtime import RuntimeConfig
+from prunelab.errors import PrunelabError
 from prunelab.measurement.bench import bench_intensity, run_bench
 from prunelab.measurement.energy import select_meter
 from prunelab.measurement.memory import PeakMemory
-from prunelab.models import check_context, load_model, prunable_layers
+from prunelab.models import check_context, prunable_layers
 from prunelab.pruning import make_pruner
 from prunelab.pruning.run import prune
 
@@ -37,16 +40,23 @@ def bench_job(
     source: ModelConfig | None = None,
     prune_cfg: PruneConfig | None = None,
     json_path: str | None = None,
+    runtime: RuntimeConfig | None = None,
 ) -> dict[str, Any]:
-    """Load (and optionally prune) a model, then benchmark it; load and prune peak memory are measured too."""
-    source = source or ModelConfig()
+    """Load (and optionally prune) a model, then benchmark it; load and prune peak memory are measured too.
+
+    With `runtime`, the model runs with activation sparsity (decode steps; prefill dense) and/or, for a compact
+    folder, CSR kernels; the report records the level and the kernels chosen per layer shape."""
+    source, runtime = source or ModelConfig(), runtime or RuntimeConfig()
+    check_runtime(source, runtime)
+    if prune_cfg is not None and runtime.activation_sparsity > 0:
+        raise PrunelabError("calibrate activation thresholds on the pruned model: prune, calibrate-activations, bench")
     bench_intensity(cfg)  # a bad country code or an unavailable explicit energy source fails before heavy work
     if cfg.energy in ("rapl", "nvml"):
         select_meter(cfg.energy, source.device, cpu_watts=cfg.cpu_watts)
     if prune_cfg is not None:
         make_pruner(prune_cfg)
     with PeakMemory("load", source.device) as load_mem:
-        lm = load_model(source.model, dtype=source.dtype, device=source.device)
+        lm, runtime_info = load_for_run(source, runtime)
     check_bench_lengths(lm.model, cfg)
     phases = [load_mem]
     pruned = None
@@ -55,6 +65,9 @@ def bench_job(
             pruned = prune(lm.model, prune_cfg, tokenizer=lm.tokenizer)
         phases.append(prune_mem)
     report = {"model": lm.source, **run_bench(lm.model, cfg, prunable_layers(lm.model), phases)}
+    report["activation_sparsity"] = runtime_info["activation_sparsity"]
+    report["kernels_by_shape"] = runtime_info["kernels_by_shape"]
+    report["runtime"] = runtime_info
     if pruned is not None:
         report["pruning"] = {k: v for k, v in pruned.to_dict().items() if k != "layers"}
     report["time"] = datetime.now(UTC).isoformat(timespec="seconds")

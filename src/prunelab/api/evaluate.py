@@ -9,11 +9,13 @@ from torch import nn
 
 from prunelab import data
 from prunelab._util import environment, peak_rss_mb, write_json_atomic
+from prunelab.api.runtime import check_runtime, load_for_run
 from prunelab.config.evaluation import EvalConfig
 from prunelab.config.models import ModelConfig
+from prunelab.config.runtime import RuntimeConfig
 from prunelab.evaluation import zeroshot
 from prunelab.evaluation.perplexity import PerplexityResult, perplexity
-from prunelab.models import check_seqlen, load_model
+from prunelab.models import check_seqlen
 from prunelab.pruning.run import sparsity_report
 
 log = logging.getLogger(__name__)
@@ -46,14 +48,23 @@ def perplexity_sources(ev: EvalConfig) -> list[str]:
     return list(ev.ppl) if "ppl" in ev.model_fields_set or not ev.tasks else []
 
 
-def eval_job(ev: EvalConfig, source: ModelConfig | None = None, json_path: str | None = None) -> dict[str, Any]:
-    """Load a model and measure perplexity on each source, and zero-shot accuracy on `ev.tasks` if given."""
-    source = source or ModelConfig()
+def eval_job(
+    ev: EvalConfig,
+    source: ModelConfig | None = None,
+    json_path: str | None = None,
+    runtime: RuntimeConfig | None = None,
+) -> dict[str, Any]:
+    """Load a model and measure perplexity on each source, and zero-shot accuracy on `ev.tasks` if given.
+
+    With `runtime`, the activation sparsity is applied to every position (prefill "threshold"), so the perplexity
+    is the quality a decode at that level gets."""
+    source, runtime = source or ModelConfig(), runtime or RuntimeConfig()
+    check_runtime(source, runtime)
     ppl = perplexity_sources(ev)
     for name in ppl:
         data.check_source(name)
     plan = zeroshot.resolve_tasks(ev.tasks, ev.task_data) if ev.tasks else None  # bad names fail before loading
-    lm = load_model(source.model, dtype=source.dtype, device=source.device, device_map=source.device_map)
+    lm, runtime_info = load_for_run(source, runtime, prefill="threshold")
     results = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ppl else {}
     report: dict[str, Any] = {
         "model": lm.source,
@@ -62,6 +73,7 @@ def eval_job(ev: EvalConfig, source: ModelConfig | None = None, json_path: str |
         "tokens": sum(r.windows * r.seqlen for r in results.values()),
         "seconds": sum(r.seconds for r in results.values()),
         **sparsity_report(lm.model),
+        "runtime": runtime_info,
         "peak_rss_mb": peak_rss_mb(),
         "environment": environment(),
     }

@@ -6,13 +6,14 @@ import argparse
 from typing import Any
 
 from prunelab.cli._base import add_field, model_args, model_config, values
+from prunelab.cli._runtime import print_runtime, runtime_args, runtime_config
 from prunelab.config.base import build
 from prunelab.config.bench import BenchConfig
 
 # flag -> BenchConfig field, where the flag's name is not the field's
 RENAMED = {"--prompt-len": "prompt_lens", "--batch": "batches"}
 FIELDS = ["prompt_lens", "gen_len", "batches", "repeats", "warmup", "threads", "energy", "country", "grid_intensity",
-          "cpu_watts", "sparse_kernels", "size"]  # fmt: skip
+          "cpu_watts", "size"]  # fmt: skip
 
 
 def register(sub: Any) -> None:
@@ -26,7 +27,11 @@ def register(sub: Any) -> None:
     add_field(where, BenchConfig, "country")
     add_field(where, BenchConfig, "grid_intensity")
     add_field(p, BenchConfig, "cpu_watts")
-    add_field(p, BenchConfig, "sparse_kernels")
+    # --sparse-kernels [auto|off]: the CPU runtime's choice (RuntimeConfig); given explicitly as auto (or bare, as
+    # before), it also runs 2:4 layers on sparse GPU kernels (BenchConfig.sparse_kernels, on a GPU only).
+    runtime_args(p, kernels_default=None, nargs="?", const="auto",
+                 help="CPU: CSR for a compact folder's weight-sparse layers above break-even and measured kernels for "
+                 "activation sparsity (default auto); GPU: given as auto, 2:4 layers on sparse kernels (sm80+)")
     add_field(p, BenchConfig, "size", "--no-size", action="store_false",
               help="skip writing checkpoints to measure size on disk")  # fmt: skip
     p.set_defaults(run=run)
@@ -35,9 +40,11 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from prunelab import api
 
-    cfg = build(BenchConfig, values(args, FIELDS), "bench settings")
-    report = api.bench_job(cfg, model_config(args), json_path=args.json_path)
+    gpu_24 = args.sparse_kernels == "auto" and args.device != "cpu"
+    cfg = build(BenchConfig, {**values(args, FIELDS), "sparse_kernels": gpu_24}, "bench settings")
+    report = api.bench_job(cfg, model_config(args), json_path=args.json_path, runtime=runtime_config(args))
     print_bench(report)
+    print_runtime(report["runtime"])
     return 0
 
 

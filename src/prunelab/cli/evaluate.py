@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from prunelab.cli._base import add_field, model_args, model_config
+from prunelab.cli._runtime import print_runtime, runtime_args, runtime_config
 from prunelab.config.base import build
 from prunelab.config.evaluation import EvalConfig
 
@@ -23,6 +24,7 @@ def register(sub: Any) -> None:
     add_field(p, EvalConfig, "batch_size")
     add_field(p, EvalConfig, "seqlen")
     add_field(p, EvalConfig, "max_windows")
+    runtime_args(p)
     p.set_defaults(run=run)
 
 
@@ -43,7 +45,8 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 def run(args: argparse.Namespace) -> int:
     from prunelab import api
 
-    report = api.eval_job(eval_config(args), model_config(args), args.json_path)
+    report = api.eval_job(eval_config(args), model_config(args), args.json_path, runtime_config(args))
+    print_runtime(report["runtime"])
     for source, value in report["perplexity"].items():
         ev = report["perplexity_eval"][source]
         print(f"perplexity [{source}]: {value:.3f} ({ev['windows']} x {ev['seqlen']} tokens, {ev['seconds']:.1f} s)")

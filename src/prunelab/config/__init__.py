@@ -4,7 +4,8 @@ Everything here is plain pydantic and standard library: `prunelab --help` builds
 without importing torch. Concerns: `prune` (what to prune, calibration, allocation), `methods` (each method's own
 options), `bench` (what `prunelab bench` and a sweep measure), `evaluation` (perplexity and zero-shot), `models`
 (where a model comes from and runs), `train_aware` (the training-aware reproduction), `pattern` (sparsity
-patterns and the one rounding rule for counts).
+patterns and the one rounding rule for counts), `runtime` (activation sparsity and sparse kernels at run time,
+and the calibration of activation thresholds).
 """
 
 from prunelab.config.base import StrictModel, build, field_help
@@ -13,6 +14,7 @@ from prunelab.config.evaluation import EvalConfig
 from prunelab.config.models import DTYPES, ModelConfig
 from prunelab.config.pattern import UNSTRUCTURED, Pattern, count_to_prune, parse_pattern
 from prunelab.config.prune import ALLOCATIONS, DEFAULT_SPARSITY, PruneConfig
+from prunelab.config.runtime import ActivationCalibConfig, RuntimeConfig
 
 __all__ = [
     "ALLOCATIONS",
@@ -21,11 +23,13 @@ __all__ = [
     "DTYPES",
     "ENERGY_CHOICES",
     "UNSTRUCTURED",
+    "ActivationCalibConfig",
     "BenchConfig",
     "EvalConfig",
     "ModelConfig",
     "Pattern",
     "PruneConfig",
+    "RuntimeConfig",
     "StrictModel",
     "build",
     "count_to_prune",

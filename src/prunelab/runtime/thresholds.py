@@ -38,6 +38,7 @@ from torch import nn
 
 from prunelab import calibration
 from prunelab._util import atomic_dir, write_json_atomic
+from prunelab.config.runtime import ACT_ALLOCATIONS, DEFAULT_LEVELS
 from prunelab.errors import PrunelabError
 from prunelab.models import block_linears, find_blocks, in_features, weight_2d
 
@@ -46,8 +47,7 @@ log = logging.getLogger(__name__)
 TABLE_FILE = "activation_thresholds.json"
 FORMAT = "prunelab-activation-thresholds"
 VERSION = 1
-DEFAULT_LEVELS = tuple(round(0.05 * i, 2) for i in range(19))  # 0 .. 0.9
-ALLOCATIONS = ("uniform", "greedy")
+ALLOCATIONS = ACT_ALLOCATIONS  # defined once, in config/runtime.py (with DEFAULT_LEVELS: 0 .. 0.9 by 0.05)
 CALIBRATE_HINT = "run `prunelab calibrate-activations --model MODEL --output DIR` and load DIR"
 
 LOG2_MIN, LOG2_MAX = -40.0, 24.0
