@@ -114,7 +114,8 @@ def test_bad_inputs_one_line_exit_2(calibrated: Path, tiny_folder: Path, tmp_pat
     cases = [
         (["eval", "--model", str(calibrated), "--activation-sparsity", "1.0"], "must be in [0, 1)"),
         (["bench", "--model", str(calibrated), "--activation-sparsity", "-0.1"], "must be in [0, 1)"),
-        (["eval", "--model", str(calibrated), "--activation-sparsity", "0.7"], "above the calibrated grid (0, 0.2, 0.5)"),
+        (["eval", "--model", str(calibrated), "--activation-sparsity", "0.7"],
+         "above the calibrated grid (0, 0.2, 0.5)"),
         (["generate", "--model", str(tiny_folder), "--prompt", "x", "--activation-sparsity", "0.5"],
          "prunelab calibrate-activations"),
         (["eval", "--model", str(compact), "--seqlen", "16"], "does not match its config"),

@@ -133,7 +133,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         )  # fmt: skip
-    new = out[0, ids.shape[1]:]
+    new = out[0, ids.shape[1] :]
     return {"text": tokenizer.decode(new, skip_special_tokens=True), "tokens": int(new.numel())}
 
 

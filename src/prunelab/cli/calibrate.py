@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
     )
     model_args(p)
     for name in FIELDS:
-        kwargs = {"type": float} if name == "levels" else {}
+        kwargs: dict[str, Any] = {"type": float} if name == "levels" else {}
         add_field(p, ActivationCalibConfig, name, **kwargs)
     p.add_argument("--output", required=True, help="folder to write: the model (plain HF folder) + threshold table")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")

@@ -21,6 +21,7 @@ from prunelab.config.bench import BenchConfig
 from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
 from prunelab.config.models import Dtype
 from prunelab.config.prune import PruneConfig
+from prunelab.config.runtime import RuntimeConfig
 from prunelab.errors import PrunelabError
 
 Loc = tuple[str | int, ...]
@@ -65,6 +66,9 @@ Measurement = section(
 # PruneConfig fields a grid entry sets or varies under their own name. `sparsity` and `pattern` are set through the
 # grid's classic axes `sparsities` and `patterns`; `method` is the entry's own key.
 GRID_SETTINGS = tuple(f for f in PruneConfig.model_fields if f not in ("method", "sparsity", "pattern"))
+# RuntimeConfig fields a grid entry sets or varies too: a point with activation sparsity > 0 calibrates thresholds on
+# its pruned model and is evaluated and measured with the runtime applied (`sweep/point.py`).
+RUNTIME_SETTINGS = ("activation_sparsity",)
 AXES = {"sparsity": "sparsities", "pattern": "patterns"}
 
 
@@ -96,7 +100,7 @@ class _GridEntryBase(StrictModel):
 
     def settings(self) -> dict[str, Any]:
         """The PruneConfig fields this entry sets (values possibly lists to vary), in PruneConfig order."""
-        return {k: getattr(self, k) for k in GRID_SETTINGS if k in self.model_fields_set}
+        return {k: getattr(self, k) for k in (*GRID_SETTINGS, *RUNTIME_SETTINGS) if k in self.model_fields_set}
 
 
 GridEntry = create_model(
@@ -104,7 +108,9 @@ GridEntry = create_model(
     __base__=_GridEntryBase,
     __module__=__name__,
     **{name: (Any, Field(None, description=PruneConfig.model_fields[name].description)) for name in GRID_SETTINGS},
-)
+    **{name: (Any, Field(None, description=RuntimeConfig.model_fields[name].description))
+       for name in RUNTIME_SETTINGS},
+)  # fmt: skip
 
 
 class SweepConfig(StrictModel):

@@ -17,9 +17,10 @@ from typing import Any
 from prunelab.config.base import build
 from prunelab.config.pattern import parse_pattern
 from prunelab.config.prune import PruneConfig
+from prunelab.config.runtime import RuntimeConfig
 from prunelab.errors import PrunelabError, did_you_mean
 from prunelab.pruning import METHODS, get_method, make_pruner
-from prunelab.sweep.config import CALIBRATION_FIELDS, SweepConfig
+from prunelab.sweep.config import CALIBRATION_FIELDS, RUNTIME_SETTINGS, SweepConfig
 
 DENSE = "dense"
 
@@ -43,6 +44,12 @@ class Point:
     def prune(self) -> PruneConfig | None:
         raw = self.config["prune"]
         return None if raw is None else PruneConfig(**raw)
+
+    @property
+    def runtime(self) -> RuntimeConfig:
+        """Run-time settings (activation sparsity); only points that set them carry a `runtime` key, so the ids of
+        every other point are what they were before the setting existed."""
+        return RuntimeConfig(**self.config.get("runtime", {}))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -78,7 +85,7 @@ def _pct(s: float) -> str:
 
 
 def _is_list_field(key: str) -> bool:
-    return "list[" in str(PruneConfig.model_fields[key].annotation)
+    return key in PruneConfig.model_fields and "list[" in str(PruneConfig.model_fields[key].annotation)
 
 
 def _varies(key: str, value: Any) -> bool:
@@ -208,14 +215,18 @@ def expand_grid(cfg: SweepConfig) -> list[Point]:
         structured = is_structured(entry.method)
         for label, series, pattern, sparsity, target, fields in expanded:
             fields = {**fields, "pattern": pattern}
+            runtime = {k: fields.pop(k) for k in RUNTIME_SETTINGS if k in fields}
             if "sparsity" not in fields:
                 fields["sparsity"] = None
             try:
                 prune_cfg = build(PruneConfig, fields, f"settings of {label}")
                 make_pruner(prune_cfg)  # validates the method's options and the sparsity/pattern pair now
+                runtime_cfg = build(RuntimeConfig, runtime, f"run-time settings of {label}")
             except PrunelabError as e:
                 raise PrunelabError(f"{cfg.where(('grid', i))}: {label}: {e}") from None
             config = {**shared, "prune": prune_cfg.model_dump()}
+            if runtime_cfg.activation_sparsity > 0:
+                config["runtime"] = {"activation_sparsity": runtime_cfg.activation_sparsity}
             pid = point_hash(config)
             if pid in seen:
                 raise PrunelabError(f"{cfg.where(('grid', i))}: {label} repeats {seen[pid]}")
@@ -235,6 +246,7 @@ def flat_settings(point: Point) -> dict[str, Any]:
     prune = point.config["prune"] or {}
     flat = {k: v for k, v in prune.items() if k != "options"}
     flat.update({f"options.{k}": v for k, v in (prune.get("options") or {}).items()})
+    flat.update(point.config.get("runtime", {}))
     return flat
 
 

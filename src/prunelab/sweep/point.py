@@ -32,6 +32,8 @@ from prunelab.evaluation.perplexity import perplexity
 from prunelab.models import LoadedModel, check_context, prunable_layers
 from prunelab.pruning import make_pruner
 from prunelab.pruning.run import calibration_windows, prune
+from prunelab.runtime.sparse import RuntimeHandle, apply_activation_sparsity
+from prunelab.runtime.thresholds import ThresholdTable, calibrate_thresholds
 from prunelab.sweep.config import SweepConfig
 from prunelab.sweep.grid import Point
 from prunelab.sweep.store import crash_hook
@@ -51,6 +53,18 @@ class Context:
     _calib: dict[str, torch.Tensor] = field(default_factory=dict)
     _windows: dict[str, torch.Tensor] = field(default_factory=dict)
     _zeroshot_plan: Any = None
+    _tables: dict[str, ThresholdTable] = field(default_factory=dict)
+
+    def thresholds(self, model: nn.Module, point: Point) -> ThresholdTable:
+        """Activation thresholds calibrated on the point's pruned model, once per prune config (pruning is seeded,
+        so points that differ only in activation sparsity share one pruned model and one table)."""
+        cfg = point.prune
+        assert cfg is not None
+        key = json.dumps(cfg.model_dump(), sort_keys=True, default=str)
+        if key not in self._tables:
+            batch = cfg.calib_batch(next(model.parameters()).device.type)
+            self._tables[key] = calibrate_thresholds(model, self.calib(cfg), batch_size=batch)
+        return self._tables[key]
 
     def calib(self, cfg: PruneConfig) -> torch.Tensor:
         """The calibration windows of `cfg`, built once per distinct calibration (usually once per sweep)."""
@@ -244,6 +258,7 @@ def run_point(ctx: Context, point: Point, stage_log: StageLog | None = None) -> 
         stage("restore", lambda: restore(model, ctx.dense_state))  # type: ignore[arg-type]
     if point.structured:
         model = copy.deepcopy(model)  # shapes change: never touch the shared model
+    handle: RuntimeHandle | None = None
     try:
         if point.prune is not None:
             details["prune"] = stage("prune", lambda: prune_model(ctx, model, point))
@@ -253,16 +268,31 @@ def run_point(ctx: Context, point: Point, stage_log: StageLog | None = None) -> 
             metrics["achieved_sparsity"] = 0.0
         crash_hook("point", point.index)
         metrics.update(count_params(model))
+        level = point.runtime.activation_sparsity
+        table = stage("calibrate activations", lambda: ctx.thresholds(model, point)) if level > 0 else None
+
+        def applied(prefill: str) -> RuntimeHandle | None:
+            # quality sees the level at every position ("threshold"); decode timing runs the deployed form
+            return apply_activation_sparsity(model, table, level, prefill=prefill) if table is not None else None
+
+        handle = applied("threshold")
+        if handle is not None:
+            details["runtime"] = {k: v for k, v in handle.info.items() if k != "measured_us_per_token"}
         ppl_metrics, details["perplexity"] = stage("perplexity", lambda: measure_perplexity(ctx, model))
         metrics.update(ppl_metrics)
         if ctx.cfg.evaluation.tasks:
             zs_metrics, details["zeroshot"] = stage("zero-shot", lambda: measure_zeroshot(ctx, model))
             metrics.update(zs_metrics)
+        if handle is not None:
+            handle.remove()
+            handle = applied("dense")
         if ctx.cfg.measurement.enabled:
             cost_metrics, cost_details = stage("measure", lambda: measure_costs(ctx, model))
             metrics.update(cost_metrics)
             details.update(cost_details)
     finally:
+        if handle is not None:
+            handle.remove()  # the shared model is restored next point: it must be the plain model again
         if point.structured:
             del model
     return {
