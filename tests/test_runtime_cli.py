@@ -65,6 +65,12 @@ def test_eval_and_generate_at_a_level(calibrated: Path, tmp_path: Path, capsys) 
     runs = json.loads(j.read_text())["runs"]
     assert [r["runtime"]["activation_sparsity"] for r in runs] == [0.0, 0.5]
     assert all(r["tokens"] == 5 for r in runs)
+    j2 = tmp_path / "gen2.json"
+    assert main(["-q", "generate", "--model", str(calibrated), "--prompt", "the", "--max-new-tokens", "3",
+                 "--compare", str(tmp_path / "tiny-llama"), "--json", str(j2)]) == 0  # fmt: skip
+    runs = json.loads(j2.read_text())["runs"]
+    assert [r["model"] for r in runs] == [str(calibrated), str(tmp_path / "tiny-llama")]
+    assert runs[0]["text"] == runs[1]["text"]  # same weights, level 0: the same greedy continuation
 
 
 def test_bench_json_has_level_and_kernels(calibrated: Path, tmp_path: Path) -> None:
@@ -120,6 +126,8 @@ def test_bad_inputs_one_line_exit_2(calibrated: Path, tiny_folder: Path, tmp_pat
          "prunelab calibrate-activations"),
         (["eval", "--model", str(compact), "--seqlen", "16"], "does not match its config"),
         (["calibrate-activations", "--model", str(tiny_folder), "--output", str(calibrated)], "already exists"),
+        (["calibrate-activations", "--model", str(tiny_folder), "--levels", "0.5", "0.99", "--output",
+          str(tmp_path / "x")], "levels must lie in [0, 0.95]"),
     ]  # fmt: skip
     for args, needle in cases:
         proc = cli(args)

@@ -19,6 +19,8 @@ ACT_ALLOCATIONS: tuple[str, ...] = get_args(ActAllocation)
 SparseKernels = Literal["auto", "off"]
 # One saved model serves every level of this grid (0 to 0.9 by 0.05).
 DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(19))
+# The highest sparsity calibration gives any one input (greedy allocation moves levels up to it).
+MAX_LEVEL = 0.95
 
 
 class RuntimeConfig(StrictModel):
@@ -63,6 +65,6 @@ class ActivationCalibConfig(_CalibFields):  # type: ignore[misc,valid-type]
     @field_validator("levels")
     @classmethod
     def _levels_range(cls, v: list[float]) -> list[float]:
-        if any(not 0.0 <= x < 1.0 for x in v):
-            raise ValueError(f"levels must lie in [0, 1), got {v}")
+        if any(not 0.0 <= x <= MAX_LEVEL for x in v):
+            raise ValueError(f"levels must lie in [0, {MAX_LEVEL:g}], got {v}")
         return v

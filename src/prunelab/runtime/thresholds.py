@@ -38,7 +38,7 @@ from torch import nn
 
 from prunelab import calibration
 from prunelab._util import atomic_dir, write_json_atomic
-from prunelab.config.runtime import ACT_ALLOCATIONS, DEFAULT_LEVELS
+from prunelab.config.runtime import ACT_ALLOCATIONS, DEFAULT_LEVELS, MAX_LEVEL
 from prunelab.errors import PrunelabError
 from prunelab.models import block_linears, find_blocks, in_features, weight_2d
 
@@ -299,7 +299,7 @@ def calibrate_thresholds(
     batch_size: int = 1,
     greedy_tokens: int = 2048,
     greedy_step: float = 0.05,
-    max_sparsity: float = 0.95,
+    max_sparsity: float = MAX_LEVEL,
     bins_per_octave: int = 64,
     record: dict[str, Any] | None = None,
 ) -> ThresholdTable:
