@@ -11,6 +11,7 @@ from prunelab._util import write_json_atomic
 from prunelab.config.bench import BenchConfig
 from prunelab.config.models import ModelConfig
 from prunelab.config.prune import PruneConfig
+from prunelab.errors import PrunelabError
 from prunelab.measurement.bench import bench_intensity, run_bench
 from prunelab.measurement.energy import select_meter
 from prunelab.measurement.memory import PeakMemory
@@ -40,6 +41,8 @@ def bench_job(
 ) -> dict[str, Any]:
     """Load (and optionally prune) a model, then benchmark it; load and prune peak memory are measured too."""
     source = source or ModelConfig()
+    if source.runtime == "llamacpp":
+        return _bench_llamacpp(cfg, source, prune_cfg, json_path)
     bench_intensity(cfg)  # a bad country code or an unavailable explicit energy source fails before heavy work
     if cfg.energy in ("rapl", "nvml"):
         select_meter(cfg.energy, source.device, cpu_watts=cfg.cpu_watts)
@@ -57,6 +60,24 @@ def bench_job(
     report = {"model": lm.source, **run_bench(lm.model, cfg, prunable_layers(lm.model), phases)}
     if pruned is not None:
         report["pruning"] = {k: v for k, v in pruned.to_dict().items() if k != "layers"}
+    report["time"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if json_path:
+        write_json_atomic(json_path, report)
+    return report
+
+
+def _bench_llamacpp(
+    cfg: BenchConfig, source: ModelConfig, prune_cfg: PruneConfig | None, json_path: str | None
+) -> dict[str, Any]:
+    """The same measurements of a GGUF file in llama.cpp (`runtime/llamacpp.py:bench`), same JSON shape."""
+    from prunelab.api.evaluate import gguf_for_runtime
+    from prunelab.runtime import llamacpp
+
+    if prune_cfg is not None:
+        raise PrunelabError("--runtime llamacpp benchmarks a GGUF as it is: prune, then export, then bench")
+    path = gguf_for_runtime(source)
+    bench_intensity(cfg)
+    report = {"model": str(path), "runtime": "llamacpp", **llamacpp.bench(path, cfg)}
     report["time"] = datetime.now(UTC).isoformat(timespec="seconds")
     if json_path:
         write_json_atomic(json_path, report)
