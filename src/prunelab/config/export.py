@@ -6,9 +6,12 @@ these names to gguf's tensor types; f16 / bf16 / q8_0 are written directly, the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, field_validator
 
 from prunelab.config.base import StrictModel
+from prunelab.config.models import RUNTIMES, Runtime
 from prunelab.errors import PrunelabError
 
 DIRECT_QUANTS: tuple[str, ...] = ("f16", "bf16", "q8_0")
@@ -53,3 +56,33 @@ class ExportConfig(StrictModel):
     @classmethod
     def _known(cls, v: str) -> str:
         return normalize_quant(v)
+
+
+DEPLOY_HELP = {
+    "quant": "GGUF type(s) to export each point to (a list varies it); absent = no export",
+    "runtime": "where perplexity and speed are measured: torch, or llamacpp (needs quant); a list varies it",
+}
+
+
+class DeployConfig(StrictModel):
+    """How a sweep point is deployed: exported to a GGUF of type `quant` (or not), measured in `runtime`. Part of
+    the point's hashed config only when it differs from the default (torch, no export), so older ids stay."""
+
+    quant: str | None = Field(None, description=DEPLOY_HELP["quant"])
+    runtime: Runtime = Field("torch", description=DEPLOY_HELP["runtime"])
+
+    @field_validator("quant")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        return None if v is None else normalize_quant(v)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.runtime == "llamacpp" and self.quant is None:
+            raise PrunelabError("runtime llamacpp runs a GGUF: give the point a quant (e.g. quant: f16)")
+
+    @property
+    def is_default(self) -> bool:
+        return self.quant is None and self.runtime == "torch"
+
+
+__all__ = ["DIRECT_QUANTS", "LLAMACPP_QUANTS", "QUANT_TYPES", "RUNTIMES", "DeployConfig", "ExportConfig"]
