@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
                    help="HF folder, hub id or .gguf (default: embedded SmolLM2-135M-Instruct); or --model")  # fmt: skip
     add_field(p, ModelConfig, "model")
     add_field(p, ExportConfig, "gguf", metavar="OUT.gguf", required=True, default=None,
-              help="the GGUF file to write (required)")  # fmt: skip
+              help="the GGUF file to write (required, no default)")  # fmt: skip
     add_field(p, ExportConfig, "quant", choices=list(QUANT_TYPES),
               help="GGUF type: f16, bf16, q8_0 written directly; the others by llama.cpp's quantizer (needs the "
               "llamacpp extra)")  # fmt: skip
