@@ -147,3 +147,21 @@ def test_bench_llamacpp_from_the_cli_has_the_torch_shape(tiny_folder, tmp_path, 
     llama_r, torch_r = (json.loads((tmp_path / f).read_text()) for f in ("l.json", "t.json"))
     assert set(torch_r) - set(llama_r) == {"sparse_kernels"}
     assert set(llama_r["latency"]) == set(torch_r["latency"])
+
+
+def test_export_and_runtime_flags_offer_their_known_sets() -> None:
+    import argparse
+
+    from prunelab.cli import build_parser
+    from prunelab.config.export import QUANT_TYPES
+    from prunelab.config.models import RUNTIMES
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    def choices(command: str, flag: str) -> list[str]:
+        action = next(a for a in subs[command]._actions if flag in a.option_strings)
+        return list(action.choices or [])
+
+    assert choices("export", "--quant") == list(QUANT_TYPES)
+    assert choices("eval", "--runtime") == choices("bench", "--runtime") == list(RUNTIMES) == ["torch", "llamacpp"]
