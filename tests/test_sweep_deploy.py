@@ -111,3 +111,8 @@ def test_sweep_exports_and_measures_in_llamacpp(tmp_path: Path) -> None:
     assert s_torch.metrics["deploy_size_mb"] < q8.metrics["deploy_size_mb"]  # structured pruning does shrink GGUF
     assert s_torch.metrics["deploy_size_mb"] == pytest.approx(s_llama.metrics["deploy_size_mb"])
     assert not any("zeros dense" in n for n in s_torch.details.get("notes", []))
+    from prunelab.api import report_job
+
+    report = report_job(str(out), write_html=False)
+    assert report["cost"] == "deploy_size_mb", report["cost"]
+    assert any("stores their zeros dense" in n and mag.label in n for n in report["notes"])
