@@ -14,7 +14,7 @@ llama.cpp's threads spin on barriers: run this ALONE on the machine (any other l
 
     python bench/bench_gguf.py --data /work/shared/data/wikitext-2-raw/wiki.test.raw
     # rehearsal (seconds, numbers meaningless): tiny sizes, another output file
-    python bench/bench_gguf.py --data wiki.test.raw --variants dense,mlp10 --quants f16,q4_0 --windows 1 \
+    python bench/bench_gguf.py --data wiki.test.raw --variants dense,mlp10,mlp10-r32 --quants f16,q4_0 --windows 1 \
         --seqlen 64 --calib-samples 1 --calib-seqlen 64 --prompt-len 8 --gen-len 4 --repeats 1 --warmup 0 \
         --out /tmp/gguf-rehearsal.json --workdir /tmp/gguf-rehearsal
 
