@@ -1,6 +1,7 @@
 """Pruning x quantization of SmolLM2-135M as llama.cpp users deploy it: GGUF file size, llama.cpp speed and quality.
 
-Rows: dense, structured MLP 10% and 25%, layers 10% (prunelab's `structured` method, default importance), each
+Rows: dense, structured MLP 10% and 25% (as asked, and with the kept width rounded to a multiple of 32: the
+`-r32` rows), layers 10% (prunelab's `structured` method, default importance), each
 exported to GGUF at f16, q8_0, q4_k_m and q4_0. Per row: file MB (and the tensor types llama.cpp's quantizer
 chose), llama.cpp decode tok/s at batch 1 and prefill ms of a 128-token prompt (`prunelab.runtime.llamacpp.bench`:
 prunelab's timing protocol, median and IQR), and llama.cpp perplexity on the first 40 x 512-token windows of
@@ -13,7 +14,7 @@ llama.cpp's threads spin on barriers: run this ALONE on the machine (any other l
 
     python bench/bench_gguf.py --data /work/shared/data/wikitext-2-raw/wiki.test.raw
     # rehearsal (seconds, numbers meaningless): tiny sizes, another output file
-    python bench/bench_gguf.py --data wiki.test.raw --variants dense,mlp10 --quants f16,q4_0 --windows 1 \
+    python bench/bench_gguf.py --data wiki.test.raw --variants dense,mlp10,mlp10-r32 --quants f16,q4_0 --windows 1 \
         --seqlen 64 --calib-samples 1 --calib-seqlen 64 --prompt-len 8 --gen-len 4 --repeats 1 --warmup 0 \
         --out /tmp/gguf-rehearsal.json --workdir /tmp/gguf-rehearsal
 
@@ -44,6 +45,11 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "mlp10": {"sparsity": 0.10, "options": {"target": "mlp"}},
     "mlp25": {"sparsity": 0.25, "options": {"target": "mlp"}},
     "layers10": {"sparsity": 0.10, "options": {"target": "layers"}},
+    # The same cuts with the kept MLP width rounded to a multiple of 32 (`multiple_of`): llama.cpp quantizes rows
+    # in blocks of 32, and keeps a matrix whose rows are not whole blocks at f16 (mlp10's q4_k_m file was larger
+    # than the dense one's).
+    "mlp10-r32": {"sparsity": 0.10, "options": {"target": "mlp", "multiple_of": 32}},
+    "mlp25-r32": {"sparsity": 0.25, "options": {"target": "mlp", "multiple_of": 32}},
 }
 QUANTS = ("f16", "q8_0", "q4_k_m", "q4_0")
 

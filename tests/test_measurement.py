@@ -13,7 +13,7 @@ import pytest
 
 from prunelab.errors import PrunelabError
 from prunelab.measurement import energy
-from prunelab.measurement.bench import BenchConfig, _carbon_report, bench_intensity
+from prunelab.measurement.bench import BenchConfig, bench_intensity, carbon_report
 from prunelab.measurement.carbon import grams_co2eq, grid_intensity
 from prunelab.measurement.timing import quantile, summarize, time_runs
 
@@ -161,7 +161,7 @@ def test_carbon_arithmetic() -> None:
 def test_carbon_report_per_1k_tokens_and_per_million_requests() -> None:
     cfg = BenchConfig(prompt_lens=[128], gen_len=50, grid_intensity=400.0)
     energy_report = {"joules": 10.0, "joules_per_token": 0.2, "joules_per_1k_prefill_tokens": 90.0, "is_estimate": True}
-    c = _carbon_report(energy_report, bench_intensity(cfg), cfg)
+    c = carbon_report(energy_report, bench_intensity(cfg), cfg)
     # 0.2 J/token x 1000 = 200 J = 200 / 3.6e6 kWh x 400 g/kWh = 0.02222 g
     assert c["g_co2eq_per_1k_tokens"] == pytest.approx(200 / 3.6e6 * 400)
     assert c["g_co2eq_per_1k_prefill_tokens"] == pytest.approx(90 / 3.6e6 * 400)

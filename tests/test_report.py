@@ -91,7 +91,8 @@ def test_budget_picks_the_cheapest_point_inside_and_explains_it() -> None:
     assert sel.row.label == "s" and sel.cost == "compact_size_mb"
     assert labels(sel.candidates) == ["dense", "m30", "m50", "s"]
     assert sel.sentence == (
-        "Recommended: s — it has the lowest compact checkpoint size (60.0 MB, 0.60x dense) among the 4 of 5 points "
+        "Recommended: s — it has the lowest compact checkpoint size (needs a sparse-aware runtime) (60.0 MB, 0.60x "
+        "dense) among the 4 of 5 points "
         "with perplexity within +10% of dense (10.000), at perplexity 10.200 (+2.0%), and it decodes at 1.50x the "
         "dense speed."
     )

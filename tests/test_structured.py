@@ -391,3 +391,21 @@ def test_cli_structured_flags_need_structured_method(capsys) -> None:
     code = main(["prune", "--method", "wanda", "--target", "mlp", "--recover-steps", "3"])
     err = capsys.readouterr().err
     assert code == 2 and "--target, --recover-steps only apply to --method structured" in err
+
+
+@pytest.mark.parametrize(("multiple_of", "width"), [(1, 56), (32, 64), (16, 64), (8, 56), (24, 48)])
+def test_multiple_of_rounds_the_kept_mlp_width(multiple_of, width, calib) -> None:
+    """0.25 asks to keep 56 of 96 channels; the kept width becomes the nearest multiple of N (ties keep more), and
+    the saved config and every layer's matrices agree (llama.cpp quantizes rows in blocks of 32)."""
+    model = make_model("llama")
+    run(model, 0.25, target="mlp", importance="magnitude", multiple_of=multiple_of)
+    assert model.config.intermediate_size == width and width % multiple_of == 0
+    for block in find_blocks(model)[1]:
+        assert block.mlp.gate_proj.weight.shape[0] == block.mlp.down_proj.weight.shape[1] == width
+
+
+def test_multiple_of_that_rounds_to_nothing_is_refused(calib) -> None:
+    model = make_model("llama")
+    with pytest.raises(PrunelabError, match="rounds to none at multiple_of 32"):
+        run(model, 0.05, target="mlp", importance="magnitude", multiple_of=32)
+    assert model.config.intermediate_size == 96

@@ -77,20 +77,31 @@ def _gguf_cache_folder(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-f32-{key}"
 
 
+def gguf_tokenizer(gguf: Path) -> Any:
+    """The Hugging Face tokenizer transformers derives from a GGUF file's metadata: the one the torch path uses for
+    a GGUF model, so the llama.cpp runtime evaluates the same token windows."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError) as e:
+        raise PrunelabError(f"cannot read a tokenizer from '{gguf}': {type(e).__name__}: {e}") from e
+
+
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF file to a float32 Hugging Face folder in the cache (once) and return that folder.
 
     A GGUF-loaded transformers model refuses `save_pretrained`, so its weights are copied into a model built from
     its config without `quantization_config`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = _gguf_cache_folder(gguf)
     if (folder / "config.json").is_file():
         return folder
     log.info("converting %s to a float32 Hugging Face folder (once): %s", gguf.name, folder)
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = gguf_tokenizer(gguf)
     config = copy.deepcopy(src.config)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")

@@ -11,6 +11,7 @@ one prune path (`prunelab.pruning.run`), shared with the sweep, streaming and th
 
 from prunelab.api.bench import bench, bench_job
 from prunelab.api.evaluate import eval_job, evaluate
+from prunelab.api.export import export_job
 from prunelab.api.prune import prune_job, prune_streaming_job
 from prunelab.api.runtime import calibrate_activations_job, generate_job, load_for_run
 from prunelab.api.sweep import plan_sweep, report_job, sweep_job
@@ -25,6 +26,7 @@ __all__ = [
     "check_seqlen",
     "eval_job",
     "evaluate",
+    "export_job",
     "generate_job",
     "load_for_run",
     "load_model",

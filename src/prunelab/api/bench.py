@@ -45,8 +45,13 @@ def bench_job(
     """Load (and optionally prune) a model, then benchmark it; load and prune peak memory are measured too.
 
     With `runtime`, the model runs with activation sparsity (decode steps; prefill dense) and/or, for a compact
-    folder, CSR kernels; the report records the level and the kernels chosen per layer shape."""
+    folder, CSR kernels; the report records the level and the kernels chosen per layer shape. With
+    `source.runtime == "llamacpp"` the GGUF file is measured in llama.cpp instead."""
     source, runtime = source or ModelConfig(), runtime or RuntimeConfig()
+    if source.runtime == "llamacpp":
+        if runtime.activation_sparsity > 0:
+            raise PrunelabError("--activation-sparsity runs in the torch runtime, not in llama.cpp")
+        return _bench_llamacpp(cfg, source, prune_cfg, json_path)
     check_runtime(source, runtime)
     if prune_cfg is not None and runtime.activation_sparsity > 0:
         raise PrunelabError("calibrate activation thresholds on the pruned model: prune, calibrate-activations, bench")
@@ -70,6 +75,24 @@ def bench_job(
     report["runtime"] = runtime_info
     if pruned is not None:
         report["pruning"] = {k: v for k, v in pruned.to_dict().items() if k != "layers"}
+    report["time"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if json_path:
+        write_json_atomic(json_path, report)
+    return report
+
+
+def _bench_llamacpp(
+    cfg: BenchConfig, source: ModelConfig, prune_cfg: PruneConfig | None, json_path: str | None
+) -> dict[str, Any]:
+    """The same measurements of a GGUF file in llama.cpp (`runtime/llamacpp.py:bench`), same JSON shape."""
+    from prunelab.api.evaluate import gguf_for_runtime
+    from prunelab.runtime import llamacpp
+
+    if prune_cfg is not None:
+        raise PrunelabError("--runtime llamacpp benchmarks a GGUF as it is: prune, then export, then bench")
+    path = gguf_for_runtime(source)
+    bench_intensity(cfg)
+    report = {"model": str(path), "runtime": "llamacpp", **llamacpp.bench(path, cfg)}
     report["time"] = datetime.now(UTC).isoformat(timespec="seconds")
     if json_path:
         write_json_atomic(json_path, report)

@@ -12,11 +12,11 @@ import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from prunelab.cli import bench, calibrate, evaluate, generate, methods, prune, report, sweep, train_aware
+from prunelab.cli import bench, calibrate, evaluate, export, generate, methods, prune, report, sweep, train_aware
 from prunelab.cli._base import Formatter, Parser
 from prunelab.errors import PrunelabError
 
-SUBCOMMANDS = (prune, evaluate, bench, calibrate, generate, train_aware, sweep, report, methods)
+SUBCOMMANDS = (prune, evaluate, bench, export, calibrate, generate, train_aware, sweep, report, methods)
 
 
 def _version() -> str:

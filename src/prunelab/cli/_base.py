@@ -75,16 +75,21 @@ def add_field(
     return p.add_argument(flag or f"--{name.replace('_', '-')}", **spec)
 
 
-def model_args(p: argparse.ArgumentParser, device_map: bool = False) -> None:
-    """--model, --dtype, --device (and --device-map), from `ModelConfig`; --json."""
-    for name in ("model", "dtype", "device", *(["device_map"] if device_map else [])):
+def model_args(p: argparse.ArgumentParser, device_map: bool = False, runtime: bool = False) -> None:
+    """--model, --dtype, --device (and --device-map, --runtime), from `ModelConfig`; --json."""
+    optional = [*(["device_map"] if device_map else []), *(["runtime"] if runtime else [])]
+    for name in ("model", "dtype", "device", *optional):
         add_field(p, ModelConfig, name)
     p.add_argument("--json", dest="json_path", default=None, help="write the machine-readable report here")
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
-        model=args.model, dtype=args.dtype, device=args.device, device_map=getattr(args, "device_map", None)
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=getattr(args, "device_map", None),
+        runtime=getattr(args, "runtime", "torch"),
     )
 
 

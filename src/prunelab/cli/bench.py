@@ -18,7 +18,7 @@ FIELDS = ["prompt_lens", "gen_len", "batches", "repeats", "warmup", "threads", "
 
 def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure latency, throughput, memory, size, energy and carbon of a model")
-    model_args(p)
+    model_args(p, runtime=True)
     for flag, name in RENAMED.items():
         add_field(p, BenchConfig, name, flag)
     for name in ("gen_len", "repeats", "warmup", "threads", "energy"):
@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
 def print_bench(r: dict[str, Any]) -> None:
     lat, mem, size, energy, carbon, hw = (r[k] for k in ("latency", "memory", "size", "energy", "carbon", "hardware"))
-    print(f"{r['model']} ({hw['dtype']}, {hw['device']}, {hw['torch_threads']} threads, {hw['cpu']})")
+    kind = hw.get("dtype") or hw.get("runtime", "?")
+    threads = hw.get("torch_threads", hw.get("threads"))
+    print(f"{r['model']} ({kind}, {hw['device']}, {threads} threads, {hw['cpu']})")
     for length, st in lat["prefill_ms"].items():
         cpu = lat["prefill_cpu_ms"][length]["median"]
         print(
@@ -63,6 +65,9 @@ def print_bench(r: dict[str, Any]) -> None:
         print(f"throughput batch {batch:>3}: {st['median']:8.2f} tokens/s (IQR {st['iqr']:.2f})")
     phases = ", ".join(f"{k} {v['peak_rss_mb']:.0f}" for k, v in mem["phases"].items())
     print(f"peak RSS: {mem['peak_rss_mb']:.0f} MiB ({phases})")
+    if "file_bytes" in size:
+        types = ", ".join(f"{k} {v}" for k, v in size["tensor_types"].items())
+        print(f"size: GGUF file {size['file_bytes'] / 1e6:.1f} MB, {size['params']:,} params, tensors {types}")
     if "dense_bytes" in size:
         line = f"size: dense {size['dense_bytes'] / 1e6:.1f} MB, compact {size['compact_bytes'] / 1e6:.1f} MB"
         line += f" ({size['compact_ratio']:.1%}), {size['nonzero_params']:,} of {size['params']:,} params non-zero"

@@ -13,7 +13,7 @@ from prunelab.config.evaluation import EvalConfig
 
 def register(sub: Any) -> None:
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model")
-    model_args(p, device_map=True)
+    model_args(p, device_map=True, runtime=True)
     add_field(p, EvalConfig, "ppl", default=None,
               help="sources: wikitext2[:PATH], shakespeare, FILE (default shakespeare; with --tasks, only those named)")
     add_field(p, EvalConfig, "tasks", default=None,

@@ -35,6 +35,10 @@ class StructuredOptions(NoOptions):
     target: Target = Field("mlp", description="units to remove")
     importance: Importance | None = Field(None, description="default: activation; block-influence for layers")
     compensate: bool = Field(False, description="FLAP bias compensation of the removed units' mean output")
+    multiple_of: int = Field(
+        1, ge=1, description="round the kept MLP width to a multiple of N (32 lets llama.cpp quantize the MLP; "
+        "docs/gguf.md)"
+    )
     recover_steps: int = Field(0, ge=0, description="LoRA fine-tune steps on the calibration windows (needs peft)")
     recover_lr: float = Field(2e-4, gt=0)
     recover_rank: int = Field(8, ge=1)

@@ -10,6 +10,8 @@ from prunelab.config.base import StrictModel
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
+Runtime = Literal["torch", "llamacpp"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 
 class ModelConfig(StrictModel):
@@ -17,3 +19,7 @@ class ModelConfig(StrictModel):
     dtype: Dtype = Field("auto", description="compute dtype; auto = float32 on CPU, the checkpoint's on a GPU")
     device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
     device_map: str | None = Field(None, description="auto: spread the model over the GPUs (accelerate)")
+    runtime: Runtime = Field(
+        "torch", description="torch (any model) or llamacpp (a .gguf file, through llama-cpp-python: measure what "
+        "llama.cpp / Ollama users run)"
+    )

@@ -37,10 +37,12 @@ import torch
 from torch import nn
 
 from prunelab._util import default_file_mode
+from prunelab.config.export import LLAMACPP_QUANTS, QUANT_TYPES, normalize_quant
 from prunelab.errors import PrunelabError
 from prunelab.export import tokenizer as tok_meta
 
 log = logging.getLogger(__name__)
+__all__ = ["LLAMACPP_QUANTS", "QUANT_TYPES", "check_quant", "export_gguf", "gguf_source", "tensor_types"]
 
 Q = gguf.GGMLQuantizationType
 DIRECT_QUANTS = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
@@ -49,24 +51,6 @@ FILE_TYPES = {
     "bf16": gguf.LlamaFileType.MOSTLY_BF16,
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
 }
-# Types made by llama.cpp's quantizer (names of its LLAMA_FTYPE_MOSTLY_* constants, lower case). The i-quants are
-# left out: they need an importance matrix.
-LLAMACPP_QUANTS = (
-    "q4_0",
-    "q4_1",
-    "q5_0",
-    "q5_1",
-    "q2_k",
-    "q3_k_s",
-    "q3_k_m",
-    "q3_k_l",
-    "q4_k_s",
-    "q4_k_m",
-    "q5_k_s",
-    "q5_k_m",
-    "q6_k",
-)
-QUANT_TYPES = (*DIRECT_QUANTS, *LLAMACPP_QUANTS)
 LLAMACPP_EXTRA_HINT = "pip install -e '.[llamacpp]'"
 
 
@@ -102,9 +86,7 @@ class Geometry:
 
 def check_quant(quant: str) -> str:
     """Normalise and validate a quant name; the llama.cpp types also need llama-cpp-python importable."""
-    q = quant.lower().strip()
-    if q not in QUANT_TYPES:
-        raise PrunelabError(f"unknown quant type '{quant}'; known: {', '.join(QUANT_TYPES)}")
+    q = normalize_quant(quant)
     if q in LLAMACPP_QUANTS and not llamacpp_available():
         raise PrunelabError(
             f"quant type '{q}' is made by llama.cpp's quantizer and needs the llamacpp extra: {LLAMACPP_EXTRA_HINT}"
@@ -120,13 +102,19 @@ def llamacpp_available() -> bool:
     return True
 
 
-def family_of(model: nn.Module) -> tuple[str, Family]:
-    model_type = getattr(model.config, "model_type", type(model).__name__)
+def check_family(model_type: str) -> Family:
+    """The llama.cpp mapping of a Hugging Face `model_type`, else a one-line error naming the supported ones (the
+    export job calls it on config.json before loading any weights)."""
     if model_type not in FAMILIES:
         raise PrunelabError(
             f"GGUF export does not support architecture '{model_type}'; supported: {', '.join(FAMILIES)}"
         )
-    return model_type, FAMILIES[model_type]
+    return FAMILIES[model_type]
+
+
+def family_of(model: nn.Module) -> tuple[str, Family]:
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    return model_type, check_family(model_type)
 
 
 def geometry(model: nn.Module) -> Geometry:

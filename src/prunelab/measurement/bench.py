@@ -27,7 +27,15 @@ from prunelab.measurement.timing import set_threads
 log = logging.getLogger(__name__)
 
 
-__all__ = ["BenchConfig", "bench_intensity", "hardware", "run_bench"]
+__all__ = [
+    "BenchConfig",
+    "bench_intensity",
+    "carbon_report",
+    "energy_report",
+    "hardware",
+    "latency_report",
+    "run_bench",
+]
 
 
 def bench_intensity(cfg: BenchConfig) -> GridIntensity:
@@ -54,7 +62,7 @@ def _joules(readings: list[EnergyReading | None]) -> float:
     return sum(r.joules for r in readings if r is not None)
 
 
-def _energy_report(
+def energy_report(
     meter_info: dict[str, Any] | None,
     skipped: list[str],
     prefills: list[tuple[int, Any]],
@@ -62,6 +70,8 @@ def _energy_report(
     throughputs: dict[int, Any],
     cfg: BenchConfig,
 ) -> dict[str, Any]:
+    """The energy section of a bench report (any runtime): per request, per generated token, per 1k prefill
+    tokens, from the readings of the timed prefill and decode blocks. `throughputs` maps batch -> Measured."""
     if meter_info is None:
         return {"energy_source": "off", "is_estimate": None, "joules": None, "joules_per_token": None}
     prefill_tokens = sum(length * cfg.repeats for length, _ in prefills)
@@ -96,7 +106,8 @@ def _energy_report(
     }
 
 
-def _carbon_report(energy: dict[str, Any], intensity: GridIntensity, cfg: BenchConfig) -> dict[str, Any]:
+def carbon_report(energy: dict[str, Any], intensity: GridIntensity, cfg: BenchConfig) -> dict[str, Any]:
+    """grams CO2eq of the energy section at the config's grid intensity (any runtime)."""
     report: dict[str, Any] = {
         "grid_intensity": intensity.g_per_kwh,
         "country": intensity.country,
@@ -112,6 +123,24 @@ def _carbon_report(energy: dict[str, Any], intensity: GridIntensity, cfg: BenchC
         "g_co2eq_per_1k_prefill_tokens": grams_co2eq(energy["joules_per_1k_prefill_tokens"], g),
         "g_co2eq_per_million_requests": grams_co2eq(energy["joules"] * 1e6, g),
         "is_estimate": energy["is_estimate"],
+    }
+
+
+def latency_report(
+    prefills: list[tuple[int, Any]], dec: Any, throughputs: dict[int, Any], protocol: dict[str, Any]
+) -> dict[str, Any]:
+    """The latency section of a bench report, one shape for every runtime: prefill ms per prompt length, decode
+    tokens/s at batch 1, first-token ms, CPU time, throughput per batch, and the protocol that produced them."""
+    return {
+        "prefill_ms": {str(length): m.stats.to_dict() for length, m in prefills},
+        "decode_tokens_per_s": dec.stats.to_dict(),
+        "first_token_ms_in_generate": dec.extra["first_token_ms"],
+        "prefill_cpu_ms": {str(length): m.extra["cpu_ms"].to_dict() for length, m in prefills},
+        "generate_cpu_ms_per_token": {
+            str(b): t.extra["cpu_ms_per_token"].to_dict() for b, t in sorted(throughputs.items())
+        },
+        "throughput_tokens_per_s": {str(b): t.stats.to_dict() for b, t in sorted(throughputs.items())},
+        "protocol": protocol,
     }
 
 
@@ -204,16 +233,11 @@ def _run_bench(
     if device.type == "cuda":
         memory["peak_cuda_mb"] = max(p.peak_cuda_mb or 0.0 for p in all_phases)
 
-    latency = {
-        "prefill_ms": {str(length): m.stats.to_dict() for length, m in prefills},
-        "decode_tokens_per_s": dec.stats.to_dict(),
-        "first_token_ms_in_generate": dec.extra["first_token_ms"],
-        "prefill_cpu_ms": {str(length): m.extra["cpu_ms"].to_dict() for length, m in prefills},
-        "generate_cpu_ms_per_token": {
-            str(b): t.extra["cpu_ms_per_token"].to_dict() for b, t in sorted(throughputs.items())
-        },
-        "throughput_tokens_per_s": {str(b): t.stats.to_dict() for b, t in sorted(throughputs.items())},
-        "protocol": {
+    latency = latency_report(
+        prefills,
+        dec,
+        throughputs,
+        protocol={
             "warmup": cfg.warmup,
             "repeats": cfg.repeats,
             "threads": threads,
@@ -222,14 +246,14 @@ def _run_bench(
             "decoding": "greedy, EOS ignored (min_new_tokens = max_new_tokens), KV cache on",
             "prompts": f"random token ids, seed {cfg.seed}",
         },
-    }
-    energy = _energy_report(meter.describe() if meter else None, skipped, prefills, dec, throughputs, cfg)
+    )
+    energy = energy_report(meter.describe() if meter else None, skipped, prefills, dec, throughputs, cfg)
     return {
         "latency": latency,
         "memory": memory,
         "size": size,
         "energy": energy,
-        "carbon": _carbon_report(energy, intensity, cfg),
+        "carbon": carbon_report(energy, intensity, cfg),
         "sparse_kernels": kernels,
         "hardware": hardware(model, device, threads),
         "notes": notes,

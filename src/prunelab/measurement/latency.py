@@ -52,9 +52,12 @@ class Measured:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _measure(
+def measure_runs(
     fn: Any, warmup: int, repeats: int, device: torch.device, meter: EnergyMeter | None, cpu: list[float]
 ) -> tuple[list[float], list[Any], EnergyReading | None]:
+    """The one timed-block protocol of every runtime (torch here, llama.cpp in `runtime/llamacpp.py`): `warmup`
+    untimed calls, a device sync, then `repeats` timed calls metered together for energy. Returns (seconds per run,
+    results, energy reading or None); `cpu` receives the process CPU seconds of each run."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -80,7 +83,7 @@ def prefill(
         return out.logits[:, -1].argmax(dim=-1)
 
     cpu: list[float] = []
-    seconds, _, energy = _measure(run, warmup, repeats, _device(model), meter, cpu)
+    seconds, _, energy = measure_runs(run, warmup, repeats, _device(model), meter, cpu)
     extra = {"prompt_tokens": prompt_len, "cpu_ms": summarize([c * 1e3 for c in cpu])}
     return Measured(seconds, summarize([s * 1e3 for s in seconds]), energy, extra)
 
@@ -156,7 +159,7 @@ def decode(
         return new
 
     cpu: list[float] = []
-    seconds, _, energy = _measure(run, warmup, repeats, device, meter, cpu)
+    seconds, _, energy = measure_runs(run, warmup, repeats, device, meter, cpu)
     timed = clocks[warmup:]
     per_seq = [(len(c.times) - 1) / (c.times[-1] - c.times[0]) for c in timed]
     first_token_ms = [(c.times[0] - c.start) * 1e3 for c in timed]

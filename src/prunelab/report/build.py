@@ -64,6 +64,12 @@ def notes(rows: Sequence[Row], meta: dict[str, Any], selection: Selection) -> li
     hosts = {getattr(r, "host", "") for r in rows} - {""}
     if len(hosts) > 1:
         out.append(f"Points ran on {len(hosts)} different hosts; compare speed and energy only within one host.")
+    dense_zeros = [
+        r.label for r in rows if any("GGUF stores the zeros dense" in str(n) for n in r.details.get("notes", []))
+    ]
+    if dense_zeros:
+        out.append(f"{len(dense_zeros)} unstructured/N:M points are exported to GGUF, which stores their zeros dense: "
+                   f"no bytes saved at their quant ({', '.join(dense_zeros)}).")  # fmt: skip
     out.extend(str(n) for n in selection.row.details.get("notes", []))
     return out
 

@@ -10,7 +10,7 @@ Comparable by construction:
   float64 from llama.cpp's float32 logits. (llama.cpp's own `llama-perplexity` tool scores only the second half of
   each window; that is a different number.)
 - The bench follows `prunelab.measurement`'s protocol and reuses its timer (`time_runs` through latency's
-  `_measure`), statistics, energy meters and memory phases, and returns the torch bench's JSON shape: prefill of a
+  `measure_runs`), statistics, energy meters and memory phases, and returns the torch bench's JSON shape: prefill of a
   batch-1 random prompt (same seeded ids as the torch bench for the same vocabulary), then greedy decoding of
   exactly gen_len tokens (EOS ignored) with per-token timestamps; decode tok/s = (gen_len - 1) / (last - first).
   Only batch 1: llama-cpp-python's high-level API runs one sequence.
@@ -34,9 +34,9 @@ import torch
 from prunelab._util import environment
 from prunelab.errors import PrunelabError
 from prunelab.evaluation.perplexity import PerplexityResult
-from prunelab.measurement.bench import BenchConfig, _carbon_report, _energy_report
+from prunelab.measurement.bench import BenchConfig, bench_intensity, carbon_report, energy_report, latency_report
 from prunelab.measurement.energy import EnergyMeter, select_meter
-from prunelab.measurement.latency import Measured, _measure
+from prunelab.measurement.latency import Measured, measure_runs
 from prunelab.measurement.memory import PeakMemory
 from prunelab.measurement.timing import summarize
 
@@ -229,7 +229,7 @@ def _prefill(llm: Any, length: int, cfg: BenchConfig, meter: EnergyMeter | None)
         return int(np.argmax(last_logits(llm)))
 
     cpu: list[float] = []
-    seconds, _, energy = _measure(run, cfg.warmup, cfg.repeats, torch.device("cpu"), meter, cpu)
+    seconds, _, energy = measure_runs(run, cfg.warmup, cfg.repeats, torch.device("cpu"), meter, cpu)
     extra = {"prompt_tokens": length, "cpu_ms": summarize([c * 1e3 for c in cpu])}
     return Measured(seconds, summarize([s * 1e3 for s in seconds]), energy, extra)
 
@@ -247,7 +247,7 @@ def _decode(llm: Any, cfg: BenchConfig, meter: EnergyMeter | None) -> tuple[Meas
         return len(clock)
 
     cpu: list[float] = []
-    seconds, _, energy = _measure(run, cfg.warmup, cfg.repeats, torch.device("cpu"), meter, cpu)
+    seconds, _, energy = measure_runs(run, cfg.warmup, cfg.repeats, torch.device("cpu"), meter, cpu)
     timed = runs[cfg.warmup :]
     per_seq = [(len(c) - 1) / (c[-1] - c[0]) for _, c in timed]
     first_ms = [(c[0] - s) * 1e3 for s, c in timed]
@@ -274,7 +274,7 @@ def bench(path: str | os.PathLike[str], cfg: BenchConfig | None = None) -> dict[
         notes.append("llama.cpp runtime: batch 1 only (llama-cpp-python runs one sequence); other batches skipped")
     if cfg.sparse_kernels:
         notes.append("--sparse-kernels applies to the torch runtime only; ignored")
-    intensity = cfg.intensity()
+    intensity = bench_intensity(cfg)
     meter, skipped = select_meter(cfg.energy, "cpu", cpu_watts=cfg.cpu_watts)
     n_ctx = max(cfg.prompt_lens) + cfg.gen_len
     with PeakMemory("load") as load_mem:
@@ -287,14 +287,11 @@ def bench(path: str | os.PathLike[str], cfg: BenchConfig | None = None) -> dict[
     finally:
         llm.close()
     phases = [load_mem, mem]
-    latency = {
-        "prefill_ms": {str(length): m.stats.to_dict() for length, m in prefills},
-        "decode_tokens_per_s": dec.stats.to_dict(),
-        "first_token_ms_in_generate": dec.extra["first_token_ms"],
-        "prefill_cpu_ms": {str(length): m.extra["cpu_ms"].to_dict() for length, m in prefills},
-        "generate_cpu_ms_per_token": {"1": through.extra["cpu_ms_per_token"].to_dict()},
-        "throughput_tokens_per_s": {"1": through.stats.to_dict()},
-        "protocol": {
+    latency = latency_report(
+        prefills,
+        dec,
+        {1: through},
+        protocol={
             "runtime": "llama.cpp",
             "warmup": cfg.warmup,
             "repeats": cfg.repeats,
@@ -304,8 +301,8 @@ def bench(path: str | os.PathLike[str], cfg: BenchConfig | None = None) -> dict[
             "decoding": "greedy (argmax of llama.cpp logits), EOS ignored, exactly gen_len tokens, KV cache on",
             "prompts": f"random token ids, seed {cfg.seed} (the torch bench's ids for the same vocabulary)",
         },
-    }
-    energy = _energy_report(meter.describe() if meter else None, skipped, prefills, dec, {1: through}, cfg)
+    )
+    energy = energy_report(meter.describe() if meter else None, skipped, prefills, dec, {1: through}, cfg)
     from prunelab.export.gguf import tensor_types
 
     hw = environment()
@@ -321,7 +318,7 @@ def bench(path: str | os.PathLike[str], cfg: BenchConfig | None = None) -> dict[
         "memory": {"peak_rss_mb": max(x.peak_rss_mb for x in phases), "phases": {x.phase: x.to_dict() for x in phases}},
         "size": {"file_bytes": p.stat().st_size, "params": n_params, "vocab": vocab, "tensor_types": tensor_types(p)},
         "energy": energy,
-        "carbon": _carbon_report(energy, intensity, cfg),
+        "carbon": carbon_report(energy, intensity, cfg),
         "hardware": hw,
         "notes": notes,
         "config": cfg.model_dump(),

@@ -19,6 +19,7 @@ from pydantic import Field, PrivateAttr, ValidationError, create_model, field_va
 from prunelab.config.base import StrictModel, section
 from prunelab.config.bench import BenchConfig
 from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
+from prunelab.config.export import DEPLOY_HELP
 from prunelab.config.models import Dtype
 from prunelab.config.prune import PruneConfig
 from prunelab.config.runtime import RuntimeConfig
@@ -87,6 +88,8 @@ class _GridEntryBase(StrictModel):
     sparsities: list[float] = Field(default_factory=list)
     patterns: list[str] = Field(default_factory=lambda: ["unstructured"], min_length=1)
     structured_targets: list[str] = Field(default_factory=list, description="method structured: mlp, heads, ...")
+    quant: Any = Field(None, description=DEPLOY_HELP["quant"])
+    runtime: Any = Field(None, description=DEPLOY_HELP["runtime"])
 
     @field_validator("sparsities")
     @classmethod
@@ -126,6 +129,7 @@ class SweepConfig(StrictModel):
     grid: list[GridEntry] = Field(min_length=1)  # type: ignore[valid-type]
 
     _where: Callable[[Loc], str] | None = PrivateAttr(default=None)
+    _folder: Path | None = PrivateAttr(default=None)  # the sweep folder (points export their GGUF below it)
 
     def where(self, loc: Loc) -> str:
         """`FILE:LINE: loc` for an error about `loc` (just `loc` when the config did not come from a file)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prunelab.config.base import build
+from prunelab.config.export import DeployConfig
 from prunelab.config.pattern import parse_pattern
 from prunelab.config.prune import PruneConfig
 from prunelab.config.runtime import RuntimeConfig
@@ -39,6 +40,12 @@ class Point:
     target: str | None  # structured target (mlp, heads, ...)
     structured: bool  # changes tensor shapes: needs a fresh copy of the model, not a mask restore
     config: dict[str, Any]  # the resolved config that `point_id` hashes
+
+    @property
+    def deploy(self) -> DeployConfig | None:
+        """How the point is exported and where it is measured; None = torch, no export (today's points)."""
+        raw = self.config.get("deploy")
+        return None if raw is None else DeployConfig(**raw)
 
     @property
     def prune(self) -> PruneConfig | None:
@@ -201,8 +208,39 @@ def _entry_points(cfg: SweepConfig, i: int, entry: Any) -> list[tuple[str, str, 
     return out
 
 
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _deploys(cfg: SweepConfig, i: int, entry: Any) -> list[DeployConfig | None]:
+    """The entry's deploy axis: every quant x runtime it names (None: torch, no export)."""
+    quants = _as_list(entry.quant) if entry.quant is not None else [None]
+    runtimes = _as_list(entry.runtime) if entry.runtime is not None else ["torch"]
+    out: list[DeployConfig | None] = []
+    for q, r in itertools.product(quants, runtimes):
+        d = build(DeployConfig, {"quant": q, "runtime": r}, "deploy settings")
+        if d.is_default:
+            out.append(None)
+        else:
+            out.append(d)
+    if len({json.dumps(d.model_dump() if d else None) for d in out}) != len(out):
+        raise PrunelabError(f"{cfg.where(('grid', i, 'quant'))}: quant/runtime repeat a value")
+    return out
+
+
+def _deploy_name(d: DeployConfig | None) -> str:
+    if d is None:
+        return ""
+    return f" {d.quant}" + (" llamacpp" if d.runtime == "llamacpp" else "")
+
+
+def _with_deploy(config: dict[str, Any], d: DeployConfig | None) -> dict[str, Any]:
+    return config if d is None else {**config, "deploy": d.model_dump()}
+
+
 def expand_grid(cfg: SweepConfig) -> list[Point]:
-    """All points of a sweep in a fixed order: the dense baseline, then each grid entry as written."""
+    """All points of a sweep in a fixed order: the dense baseline (and the dense model at every quant/runtime the
+    grid deploys to, so pruning and quantization are compared at equal bytes), then each grid entry as written."""
     shared = _shared(cfg)
     dense_cfg = {**shared, "prune": None}
     points = [
@@ -210,10 +248,23 @@ def expand_grid(cfg: SweepConfig) -> list[Point]:
     ]
     seen: dict[str, str] = {points[0].point_id: "the dense baseline"}
     labels = {DENSE}
+    deploys = [_deploys(cfg, i, entry) for i, entry in enumerate(cfg.grid)]
+    for d in [d for ds in deploys for d in ds if d is not None]:
+        config = _with_deploy(dense_cfg, d)
+        pid = point_hash(config)
+        if pid not in seen:
+            label = DENSE + _deploy_name(d)
+            seen[pid] = f"point '{label}'"
+            labels.add(label)
+            points.append(Point(len(points), pid, label, label, DENSE, DENSE, 0.0, None, False, config))
     for i, entry in enumerate(cfg.grid):
-        expanded = _entry_points(cfg, i, entry)
+        expanded = [
+            (label + _deploy_name(d), series + _deploy_name(d), pattern, sparsity, target, fields, d)
+            for label, series, pattern, sparsity, target, fields in _entry_points(cfg, i, entry)
+            for d in deploys[i]
+        ]
         structured = is_structured(entry.method)
-        for label, series, pattern, sparsity, target, fields in expanded:
+        for label, series, pattern, sparsity, target, fields, deploy in expanded:
             fields = {**fields, "pattern": pattern}
             runtime = {k: fields.pop(k) for k in RUNTIME_SETTINGS if k in fields}
             if "sparsity" not in fields:
@@ -224,7 +275,7 @@ def expand_grid(cfg: SweepConfig) -> list[Point]:
                 runtime_cfg = build(RuntimeConfig, runtime, f"run-time settings of {label}")
             except PrunelabError as e:
                 raise PrunelabError(f"{cfg.where(('grid', i))}: {label}: {e}") from None
-            config = {**shared, "prune": prune_cfg.model_dump()}
+            config = _with_deploy({**shared, "prune": prune_cfg.model_dump()}, deploy)
             if runtime_cfg.activation_sparsity > 0:
                 config["runtime"] = {"activation_sparsity": runtime_cfg.activation_sparsity}
             pid = point_hash(config)
@@ -247,6 +298,8 @@ def flat_settings(point: Point) -> dict[str, Any]:
     flat = {k: v for k, v in prune.items() if k != "options"}
     flat.update({f"options.{k}": v for k, v in (prune.get("options") or {}).items()})
     flat.update(point.config.get("runtime", {}))
+    if prune:
+        flat.update(point.config.get("deploy") or {"quant": None, "runtime": "torch"})
     return flat
 
 

@@ -16,10 +16,12 @@ import copy
 import json
 import logging
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ from torch import nn
 from prunelab import data
 from prunelab.config.bench import BenchConfig
 from prunelab.config.prune import PruneConfig
+from prunelab.errors import PrunelabError
 from prunelab.evaluation.perplexity import perplexity
 from prunelab.models import LoadedModel, check_context, prunable_layers
 from prunelab.pruning import make_pruner
@@ -92,10 +95,22 @@ class Context:
 # --- checks before any heavy work ----------------------------------------------------------------------------------
 
 
-def check_inputs(cfg: SweepConfig) -> None:
-    """Fail on unreadable sources and unknown zero-shot tasks before a model is loaded."""
+def check_inputs(cfg: SweepConfig, points: list[Point] | None = None) -> None:
+    """Fail on unreadable sources, unknown zero-shot tasks and deploy settings this machine cannot run (a quant or
+    runtime that needs llama-cpp-python) before a model is loaded."""
     for source in [cfg.calibration.source, *cfg.evaluation.ppl]:
         data.check_source(source)
+    deploys = [p.deploy for p in points or [] if p.deploy is not None]
+    if deploys:
+        from prunelab.export.gguf import check_quant, llamacpp_available
+
+        for d in deploys:
+            check_quant(str(d.quant))
+        if any(d.runtime == "llamacpp" for d in deploys):
+            if not llamacpp_available():
+                raise PrunelabError("grid runtime llamacpp needs the llamacpp extra: pip install -e '.[llamacpp]'")
+            if cfg.evaluation.tasks:
+                raise PrunelabError("zero-shot tasks run in the torch runtime only; drop them or runtime llamacpp")
     if cfg.evaluation.tasks:
         from prunelab.evaluation.zeroshot import resolve_tasks
 
@@ -155,13 +170,21 @@ def count_params(model: nn.Module) -> dict[str, float]:
     return {"params": float(params), "nonzero_params": float(nonzero)}
 
 
-def measure_perplexity(ctx: Context, model: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
-    """`perplexity` (first source, the headline) and `perplexity@SOURCE` for every source."""
+def measure_perplexity(
+    ctx: Context, model: nn.Module, gguf: Path | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """`perplexity` (first source, the headline) and `perplexity@SOURCE` for every source; given a GGUF, from
+    llama.cpp's logits on the same windows."""
     ev = ctx.cfg.evaluation
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
     for i, source in enumerate(ev.ppl):
-        r = perplexity(model, ctx.windows(source), ev.batch_size, desc=f"ppl {source}")
+        if gguf is not None:
+            from prunelab.runtime import llamacpp
+
+            r = llamacpp.perplexity(gguf, ctx.windows(source))
+        else:
+            r = perplexity(model, ctx.windows(source), ev.batch_size, desc=f"ppl {source}")
         if i == 0:
             metrics["perplexity"] = r.perplexity
         metrics[f"perplexity@{source}"] = r.perplexity
@@ -206,12 +229,20 @@ def _median(stats: Any) -> float | None:
     return stats.get("median") if isinstance(stats, dict) else None
 
 
-def measure_costs(ctx: Context, model: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
-    """Size, latency, energy and carbon through `prunelab.measurement.run_bench` (the `prunelab bench` report)."""
-    from prunelab.measurement.bench import run_bench
-
+def measure_costs(
+    ctx: Context, model: nn.Module, gguf: Path | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Size, latency, energy and carbon through `prunelab.measurement.run_bench` (the `prunelab bench` report), or,
+    given a GGUF, through llama.cpp (`runtime.llamacpp.bench`: the same protocol and report shape)."""
     m = ctx.cfg.measurement
-    report = run_bench(model, bench_config(m), prunable_layers(model))
+    if gguf is not None:
+        from prunelab.runtime import llamacpp
+
+        report = llamacpp.bench(gguf, bench_config(m))
+    else:
+        from prunelab.measurement.bench import run_bench
+
+        report = run_bench(model, bench_config(m), prunable_layers(model))
     size, latency = report.get("size", {}), report.get("latency", {})
     energy, carbon = report.get("energy", {}), report.get("carbon", {})
     raw: dict[str, Any] = {
@@ -232,6 +263,30 @@ def measure_costs(ctx: Context, model: nn.Module) -> tuple[dict[str, float], dic
         "notes": report.get("notes", []),
     }
     return metrics, details
+
+
+def export_point(ctx: Context, model: nn.Module, point: Point) -> tuple[dict[str, float], dict[str, Any]]:
+    """Export the (pruned) model to `<sweep folder>/points/<point id>/model.gguf` at the point's quant; its file
+    size is `deploy_size_mb`, the bytes llama.cpp loads."""
+    from prunelab.export.gguf import export_gguf, gguf_source
+
+    deploy = point.deploy
+    assert deploy is not None and deploy.quant is not None
+    root = ctx.cfg._folder or Path(tempfile.mkdtemp(prefix="prunelab-sweep-"))
+    path = root / "points" / point.point_id / "model.gguf"
+    source = gguf_source(ctx.cfg.model, ctx.lm.source)
+    r = export_gguf(model, ctx.lm.tokenizer, path, deploy.quant, source_gguf=source, overwrite=True)
+    notes = [n for n in r["notes"] if "save no bytes" not in n]
+    prune = point.prune
+    if prune is not None and not point.structured:
+        kind = "N:M" if ":" in point.pattern else "unstructured"
+        notes.append(
+            f"{kind} pruning exported to GGUF: GGUF stores the zeros dense, so this file is as large as the dense "
+            f"model's at {deploy.quant} (no saving); only structured pruning and quantization shrink it"
+        )
+    details = {k: r[k] for k in ("path", "quant", "arch", "tensor_types", "file_bytes")}
+    details.update(runtime=deploy.runtime, notes=notes)
+    return {"deploy_size_mb": r["file_bytes"] / 1e6}, details
 
 
 # --- one point -----------------------------------------------------------------------------------------------------
@@ -268,6 +323,14 @@ def run_point(ctx: Context, point: Point, stage_log: StageLog | None = None) -> 
             metrics["achieved_sparsity"] = 0.0
         crash_hook("point", point.index)
         metrics.update(count_params(model))
+        deploy = point.deploy
+        gguf: Path | None = None
+        if deploy is not None and deploy.quant is not None:
+            deploy_metrics, details["deploy"] = stage("export", lambda: export_point(ctx, model, point))
+            metrics.update(deploy_metrics)
+            if deploy.runtime == "llamacpp":
+                gguf = Path(details["deploy"]["path"])
+        # the GGUF is exported from the plain model; activation sparsity runs in the torch runtime only
         level = point.runtime.activation_sparsity
         table = stage("calibrate activations", lambda: ctx.thresholds(model, point)) if level > 0 else None
 
@@ -278,7 +341,7 @@ def run_point(ctx: Context, point: Point, stage_log: StageLog | None = None) -> 
         handle = applied("threshold")
         if handle is not None:
             details["runtime"] = {k: v for k, v in handle.info.items() if k != "measured_us_per_token"}
-        ppl_metrics, details["perplexity"] = stage("perplexity", lambda: measure_perplexity(ctx, model))
+        ppl_metrics, details["perplexity"] = stage("perplexity", lambda: measure_perplexity(ctx, model, gguf))
         metrics.update(ppl_metrics)
         if ctx.cfg.evaluation.tasks:
             zs_metrics, details["zeroshot"] = stage("zero-shot", lambda: measure_zeroshot(ctx, model))
@@ -287,9 +350,13 @@ def run_point(ctx: Context, point: Point, stage_log: StageLog | None = None) -> 
             handle.remove()
             handle = applied("dense")
         if ctx.cfg.measurement.enabled:
-            cost_metrics, cost_details = stage("measure", lambda: measure_costs(ctx, model))
+            cost_metrics, cost_details = stage("measure", lambda: measure_costs(ctx, model, gguf))
             metrics.update(cost_metrics)
             details.update(cost_details)
+        if "deploy_size_mb" not in metrics and "size_mb" in metrics:
+            metrics["deploy_size_mb"] = metrics["size_mb"]  # torch loads the saved safetensors: dense bytes
+        if "deploy" in details:
+            details["notes"] = [*details.get("notes", []), *details["deploy"]["notes"]]
     finally:
         if handle is not None:
             handle.remove()  # the shared model is restored next point: it must be the plain model again

@@ -74,8 +74,9 @@ def run_sweep(
         raise PrunelabError(f"unknown executor '{executor}'; use one of {', '.join(EXECUTORS)}")
     start = time.perf_counter()
     points = expand_grid(cfg)
-    check_inputs(cfg)
+    check_inputs(cfg, points)
     folder = Path(out)
+    cfg._folder = folder.resolve()
     with ResultStore(folder) as store:
         store.check_settings(cfg.settings())
         run_no = int(store.get_meta("runs") or 0) + 1

@@ -119,7 +119,7 @@ class Structured(Pruner):
             plan.kv_groups, plan.q_per_group = k, r
         if target in ("mlp", "mlp+heads"):
             rest = per_layer - self._head_params(spec, plan.kv_groups, plan.q_per_group)
-            n = max(0, round(rest / c_ch))
+            n = self._round_width(spec.n_channels, max(0, round(rest / c_ch)), s)
             if n >= spec.n_channels:
                 raise PrunelabError(
                     f"sparsity {s:g} would leave no MLP channel (removing {n} of {spec.n_channels} per layer); the "
@@ -129,6 +129,24 @@ class Structured(Pruner):
                 raise PrunelabError(f"sparsity {s:g} is too small to remove one MLP channel per layer")
             plan.channels = n
         return plan
+
+    def _round_width(self, width: int, n: int, s: float) -> int:
+        """Channels to remove so that the kept width is the multiple of `multiple_of` nearest to width - n (ties:
+        keep more). Why: llama.cpp quantizes a matrix in blocks of 32 values per row; a width that is not a
+        multiple of 32 makes it keep those MLP tensors at f16, so the 'smaller' model's file can be larger."""
+        m = self.options.multiple_of
+        if m == 1 or n == 0:
+            return n
+        widths = range(m, width + 1, m)
+        if not widths:
+            raise PrunelabError(f"multiple_of {m} is larger than the MLP width {width}")
+        kept = min(widths, key=lambda w: (abs(w - (width - n)), -w))
+        if kept == width:
+            raise PrunelabError(
+                f"sparsity {s:g} removes {n} of {width} MLP channels, which rounds to none at multiple_of {m}; "
+                "ask for more sparsity or a smaller multiple_of"
+            )
+        return width - kept
 
     @staticmethod
     def _head_params(spec: surgery.BlockSpec, k: int, r: int) -> int:
