@@ -93,6 +93,7 @@ def _bench_llamacpp(
     path = gguf_for_runtime(source)
     bench_intensity(cfg)
     report = {"model": str(path), "runtime": "llamacpp", **llamacpp.bench(path, cfg)}
+    report.update(activation_sparsity=0.0, kernels_by_shape={})  # the torch bench's keys: llama.cpp runs dense
     report["time"] = datetime.now(UTC).isoformat(timespec="seconds")
     if json_path:
         write_json_atomic(json_path, report)

@@ -22,7 +22,9 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
                  "run-time settings")  # fmt: skip
 
 
-def print_runtime(info: dict[str, Any]) -> None:
+def print_runtime(info: dict[str, Any] | str | None) -> None:
+    if not isinstance(info, dict):  # "llamacpp" (the runtime's name) or absent: no torch run-time sparsity
+        return
     if info.get("activation_sparsity"):
         shapes = ", ".join(f"{s} {'/'.join(sorted(set(k.values())))}" for s, k in info["kernels_by_shape"].items())
         print(f"activation sparsity {info['activation_sparsity']:g} ({info.get('allocation')}, "

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = build(BenchConfig, {**values(args, FIELDS), "sparse_kernels": gpu_24}, "bench settings")
     report = api.bench_job(cfg, model_config(args), json_path=args.json_path, runtime=runtime_config(args))
     print_bench(report)
-    print_runtime(report["runtime"])
+    print_runtime(report.get("runtime"))
     return 0
 
 

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from prunelab import api
 
     report = api.eval_job(eval_config(args), model_config(args), args.json_path, runtime_config(args))
-    print_runtime(report["runtime"])
+    print_runtime(report.get("runtime"))
     for source, value in report["perplexity"].items():
         ev = report["perplexity_eval"][source]
         print(f"perplexity [{source}]: {value:.3f} ({ev['windows']} x {ev['seqlen']} tokens, {ev['seconds']:.1f} s)")
