@@ -18,7 +18,7 @@ from torch import nn
 from prunelab._util import environment
 from prunelab.config import StrictModel
 from prunelab.measurement.carbon import GridIntensity, grams_co2eq, grid_intensity
-from prunelab.measurement.energy import DEFAULT_CPU_WATTS, ENERGY_CHOICES, EnergyReading, select_meter
+from prunelab.measurement.energy import ENERGY_CHOICES, EnergyReading, select_meter
 from prunelab.measurement.latency import decode, prefill
 from prunelab.measurement.memory import PeakMemory
 from prunelab.measurement.size import measure_sizes, unique_tensors
@@ -39,8 +39,9 @@ class BenchConfig(StrictModel):
     threads: int | None = Field(None, ge=1)
     energy: str = "auto"
     country: str | None = None
-    grid_intensity: float | None = Field(None, ge=0)
-    cpu_watts: float = Field(DEFAULT_CPU_WATTS, gt=0)
+    region: str | None = None  # sub-national grid: US-TX, CA-QC, CN-BJ, SE3, or a state/province with `country`
+    grid_intensity: float | None = Field(None, ge=0, allow_inf_nan=False)
+    cpu_watts: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: TDP table, else 4 W per thread
     sparse_kernels: bool = False
     size: bool = True
     seed: int = 0
@@ -60,7 +61,7 @@ class BenchConfig(StrictModel):
         return v
 
     def intensity(self) -> GridIntensity:
-        return grid_intensity(self.country, self.grid_intensity)
+        return grid_intensity(self.country, self.grid_intensity, self.region)
 
 
 def hardware(model: nn.Module, device: torch.device, threads: int) -> dict[str, Any]:
@@ -128,7 +129,10 @@ def _carbon_report(energy: dict[str, Any], intensity: GridIntensity, cfg: BenchC
     report: dict[str, Any] = {
         "grid_intensity": intensity.g_per_kwh,
         "country": intensity.country,
+        "region": intensity.region,
         "intensity_source": intensity.source,
+        "source": intensity.source,
+        "year": intensity.year,
         "request_shape": {"prompt_tokens": cfg.prompt_lens[0], "generated_tokens": cfg.gen_len, "batch": 1},
     }
     if energy.get("joules") is None:
