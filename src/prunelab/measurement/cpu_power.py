@@ -103,9 +103,7 @@ class CpuPower:
     logical_cpus: int
 
 
-def cpu_power(
-    cpu_watts: float | None = None, model: str | None = None, logical_cpus: int | None = None
-) -> CpuPower:
+def cpu_power(cpu_watts: float | None = None, model: str | None = None, logical_cpus: int | None = None) -> CpuPower:
     """The CPU power model: the user's watts per thread, else the TDP table, else 4 W per thread."""
     logical_cpus = logical_cpus or os.cpu_count() or 1
     model = model if model is not None else cpu_model()
