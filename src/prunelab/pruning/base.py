@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from prunelab import calibration
 from prunelab.config import PruneConfig, build
-from prunelab.models import block_linears, find_blocks, weight_2d
+from prunelab.models import block_linears, check_filters, find_blocks, weight_2d
 from prunelab.pruning.masks import Pattern
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class Pruner(ABC):
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, cfg: PruneConfig) -> None:
+        check_filters(cfg.targets, "targets")
+        check_filters(cfg.ignore, "ignore")
         self.cfg = cfg
         self.notes: list[str] = []  # things a user should know, copied into the result (e.g. raised dampening)
         self.pattern: Pattern = cfg.pattern_obj
