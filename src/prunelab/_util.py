@@ -153,6 +153,26 @@ def check_writable(path: str | os.PathLike[str] | None, kind: str = "file", what
     os.unlink(probe)
 
 
+def check_memory(need_bytes: float, what: str, device: str = "cpu") -> None:
+    """Refuse work whose memory need (a lower bound the caller computes) exceeds what is available now."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        available = float(torch.cuda.mem_get_info(index)[0])
+        where = f"GPU memory on {device}"
+    else:
+        import psutil
+
+        available = float(psutil.virtual_memory().available)
+        where = "memory"
+    if need_bytes > available:
+        raise PrunelabError(
+            f"{what} needs at least {need_bytes / 2**30:,.1f} GiB, but only {available / 2**30:,.1f} GiB of {where} "
+            "is available; use smaller settings"
+        )
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (measured by the kernel, not computed)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

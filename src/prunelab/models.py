@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from prunelab._util import atomic_dir, write_json_atomic
+from prunelab._util import atomic_dir, check_writable, write_json_atomic
 from prunelab.errors import PrunelabError, first_line
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,8 @@ def save_model(
 
 
 def check_output(output: str | os.PathLike[str] | None, overwrite: bool) -> None:
-    """Refuse an existing output folder before any work is done, not after an hour of pruning."""
+    """Refuse an existing or unwritable output folder before any work is done, not after an hour of pruning."""
     if output is not None and Path(output).exists() and not overwrite:
         raise PrunelabError(f"output '{output}' already exists; pass --overwrite to replace it")
+    if output is not None and not (overwrite and Path(output).is_file()):  # --overwrite may replace a file
+        check_writable(output, "folder", "--output")

@@ -26,6 +26,7 @@ def _open(path: Path, device: str | None = None) -> Any:
     except (SafetensorError, OSError, ValueError) as e:
         raise PrunelabError(f"cannot read '{path}' (truncated or not safetensors?): {first_line(e)}") from e
 
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from prunelab._util import environment
+from prunelab._util import check_memory, environment
 from prunelab.config import StrictModel
 from prunelab.measurement.carbon import GridIntensity, grams_co2eq, grid_intensity
 from prunelab.measurement.energy import ENERGY_CHOICES, EnergyReading, select_meter
@@ -147,6 +147,26 @@ def _carbon_report(energy: dict[str, Any], intensity: GridIntensity, cfg: BenchC
     }
 
 
+def inference_bytes(model: nn.Module, cfg: BenchConfig) -> int:
+    """About the least memory the largest run needs, in the model's dtype: the KV cache of the biggest batch, the
+    hidden states and MLP activations of its prefill (one layer's at a time), and the logits of the batch-1 prefill
+    measurement (every prompt position) and of each generated step (the last position of each sequence)."""
+    c = model.config
+    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", 0) or 0
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "n_embd", 0) or 0
+    heads = getattr(c, "num_attention_heads", None) or getattr(c, "n_head", 1) or 1
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
+    vocab = getattr(c, "vocab_size", 0) or 0
+    width = next(model.parameters()).element_size()
+    batch, prompt = max(cfg.batches), cfg.prompt_lens[0]
+    kv = 2 * layers * batch * (prompt + cfg.gen_len) * kv_heads * head_dim
+    activations = batch * prompt * (4 * hidden + 2 * inter)
+    logits = max(cfg.prompt_lens) * vocab + batch * vocab
+    return (kv + activations + logits) * width
+
+
 def _prunable_sparsity(layers: dict[str, nn.Module]) -> float:
     weights = [m.weight for m in layers.values() if isinstance(getattr(m, "weight", None), torch.Tensor)]
     total = sum(w.numel() for w in weights)
@@ -179,6 +199,7 @@ def _run_bench(
     model: nn.Module, cfg: BenchConfig, threads: int, layers: dict[str, nn.Module], phases: list[PeakMemory]
 ) -> dict[str, Any]:
     device = next(model.parameters()).device
+    check_memory(inference_bytes(model, cfg), f"bench --batch {max(cfg.batches)}", str(device))
     intensity = cfg.intensity()
     meter, skipped = select_meter(cfg.energy, str(device), cpu_watts=cfg.cpu_watts)
     sparsity = _prunable_sparsity(layers)
