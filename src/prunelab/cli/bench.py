@@ -11,8 +11,8 @@ from prunelab.config.bench import BenchConfig
 
 # flag -> BenchConfig field, where the flag's name is not the field's
 RENAMED = {"--prompt-len": "prompt_lens", "--batch": "batches"}
-FIELDS = ["prompt_lens", "gen_len", "batches", "repeats", "warmup", "threads", "energy", "country", "grid_intensity",
-          "cpu_watts", "sparse_kernels", "size"]  # fmt: skip
+FIELDS = ["prompt_lens", "gen_len", "batches", "repeats", "warmup", "threads", "energy", "country", "region",
+          "grid_intensity", "cpu_watts", "sparse_kernels", "size"]  # fmt: skip
 
 
 def register(sub: Any) -> None:
@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
     where = p.add_mutually_exclusive_group()
     add_field(where, BenchConfig, "country")
     add_field(where, BenchConfig, "grid_intensity")
+    add_field(p, BenchConfig, "region")
     add_field(p, BenchConfig, "cpu_watts")
     add_field(p, BenchConfig, "sparse_kernels")
     add_field(p, BenchConfig, "size", "--no-size", action="store_false",

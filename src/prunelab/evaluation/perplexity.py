@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunelab.data import check_eval_settings
+
 log = logging.getLogger(__name__)
 
 LOGITS_BUDGET_BYTES = 512 * 2**20
@@ -51,6 +53,7 @@ def perplexity(
 ) -> PerplexityResult:
     """Perplexity of `model` on token windows (n, seqlen)."""
     n, seqlen = windows.shape
+    check_eval_settings(seqlen, n, batch_size)
     vocab = model.get_output_embeddings().weight.shape[0]
     device = next(model.parameters()).device
     # On a CPU one window per forward is fastest (batching only adds memory traffic); on a GPU fill the budget.

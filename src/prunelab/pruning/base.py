@@ -29,7 +29,7 @@ from prunelab.config.methods import NoOptions
 from prunelab.config.pattern import Pattern
 from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
-from prunelab.models import block_linears, find_blocks, weight_2d
+from prunelab.models import block_linears, check_filters, find_blocks, weight_2d
 from prunelab.pruning.allocation import owl_allocation, owl_outlier_ratios
 from prunelab.pruning.blocks import BlockStore
 from prunelab.pruning.stages import make_stages
@@ -120,6 +120,8 @@ class Pruner(ABC):
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, cfg: PruneConfig) -> None:
+        check_filters(cfg.targets, "targets")
+        check_filters(cfg.ignore, "ignore")
         self.cfg = cfg
         self.notes: list[str] = []  # things a user should know, copied into the result (e.g. raised dampening)
         self.pattern: Pattern = cfg.pattern_obj

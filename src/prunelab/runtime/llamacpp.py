@@ -34,7 +34,7 @@ import torch
 from prunelab._util import environment
 from prunelab.errors import PrunelabError
 from prunelab.evaluation.perplexity import PerplexityResult
-from prunelab.measurement.bench import BenchConfig, _carbon_report, _energy_report
+from prunelab.measurement.bench import BenchConfig, _carbon_report, _energy_report, bench_intensity
 from prunelab.measurement.energy import EnergyMeter, select_meter
 from prunelab.measurement.latency import Measured, _measure
 from prunelab.measurement.memory import PeakMemory
@@ -274,7 +274,7 @@ def bench(path: str | os.PathLike[str], cfg: BenchConfig | None = None) -> dict[
         notes.append("llama.cpp runtime: batch 1 only (llama-cpp-python runs one sequence); other batches skipped")
     if cfg.sparse_kernels:
         notes.append("--sparse-kernels applies to the torch runtime only; ignored")
-    intensity = cfg.intensity()
+    intensity = bench_intensity(cfg)
     meter, skipped = select_meter(cfg.energy, "cpu", cpu_watts=cfg.cpu_watts)
     n_ctx = max(cfg.prompt_lens) + cfg.gen_len
     with PeakMemory("load") as load_mem:
