@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import errno
 import json
+import logging
 import os
 import platform
 import resource
@@ -46,6 +47,7 @@ class Terminated(KeyboardInterrupt):
 _TEMP_PATHS: set[Path] = set()
 _critical_depth = 0
 _pending: list[int] = []
+_atexit_registered = False
 
 
 def interrupt_exit_code(error: BaseException) -> int:
@@ -75,11 +77,14 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 def install_signal_handlers() -> None:
     """SIGTERM -> `Terminated`, SIGINT -> KeyboardInterrupt, both held back inside `critical_section()`; temp
     paths left registered are removed at exit. Main thread only (signal.signal's rule); a no-op elsewhere."""
+    global _atexit_registered
     if threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
-    atexit.register(cleanup_temp_paths)
+    if not _atexit_registered:  # main() may run many times in one process (tests)
+        atexit.register(cleanup_temp_paths)
+        _atexit_registered = True
 
 
 @contextlib.contextmanager
@@ -120,6 +125,59 @@ def cleanup_temp_paths() -> None:
     for path in list(_TEMP_PATHS):
         _remove(path)
         _TEMP_PATHS.discard(path)
+
+
+# ---------------------------------------------------------------- progress bars and once-per-run messages
+
+QUIET_ENV = "PRUNELAB_QUIET"  # "1": no progress bars (the CLI's -q); in the environment so Ray workers see it too
+_said: set[str] = set()
+
+
+def set_quiet(quiet: bool) -> None:
+    """Record the CLI's -q for every progress bar of this process and of the workers it starts. TQDM_DISABLE
+    also silences the bars of libraries (lm-eval, transformers) when set before tqdm is first imported."""
+    if quiet:
+        os.environ[QUIET_ENV] = "1"
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    else:
+        os.environ.pop(QUIET_ENV, None)
+
+
+def is_quiet() -> bool:
+    return os.environ.get(QUIET_ENV) == "1"
+
+
+def progress_enabled() -> bool:
+    """Bars are for a person watching a terminal: none with -q, and none when stderr is a log file or a pipe,
+    where tqdm's carriage returns and cursor moves (nested bars) turn into hundreds of garbled lines. A notebook's
+    widget bar (tqdm.auto outside a terminal) writes no escape codes and stays on."""
+    if is_quiet():
+        return False
+    from tqdm.auto import tqdm
+    from tqdm.std import tqdm as terminal_tqdm
+
+    if tqdm is not terminal_tqdm:
+        return True
+    stream = sys.stderr
+    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> Any:
+    """`tqdm(iterable, **kwargs)`, shown only when `progress_enabled()`: the one way library code makes a bar."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", not progress_enabled())
+    return tqdm(iterable, **kwargs)
+
+
+def say_once(logger: logging.Logger, level: int, key: str, msg: str, *args: Any) -> None:
+    """Log `msg` the first time `key` comes up in this process (e.g. the missing energy counter, which every
+    sweep point would otherwise repeat); later calls log at DEBUG."""
+    if key in _said:
+        logger.debug(msg, *args)
+        return
+    _said.add(key)
+    logger.log(level, msg, *args)
 
 
 # ---------------------------------------------------------------- output paths

@@ -33,10 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from prunelab import data
-from prunelab._util import check_memory, check_writable, environment, peak_rss_mb, write_json_atomic
+from prunelab._util import check_memory, check_writable, environment, peak_rss_mb, progress, write_json_atomic
 from prunelab.config.prune import PruneConfig
 from prunelab.config.train_aware import COMPARED, LEVELS, PRESETS, PRUNE_RATES, TrainAwareConfig, make_config
 from prunelab.errors import PrunelabError
@@ -133,7 +132,7 @@ def train(
         raise PrunelabError(f"training text has {ids.numel()} characters, fewer than one window of {cfg.seqlen}")
     callback.on_train_begin(epochs=cfg.epochs, steps=total)
     curve: list[dict[str, float]] = []
-    bar = tqdm(total=total, desc="train", unit="step")
+    bar = progress(total=total, desc="train", unit="step")
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -177,7 +176,7 @@ def prune_levels(
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     levels: list[dict[str, Any]] = []
     runs = [(c, label) for c in cfg.levels for label in COMPARED]
-    for compression, label in tqdm(runs, desc="prune+eval", unit="run"):
+    for compression, label in progress(runs, desc="prune+eval", unit="run"):
         model.load_state_dict(trained)
         method, options = COMPARED[label]
         row: dict[str, Any] = {"compression": compression, "method": label}

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from prunelab._util import say_once
 from prunelab.config.bench import ENERGY_CHOICES
 from prunelab.errors import PrunelabError, did_you_mean
 from prunelab.measurement.cpu_power import CpuPower, cpu_power, ram_watts
@@ -334,7 +335,9 @@ def select_meter(
         return RaplMeter(powercap_root), skipped
     except PrunelabError as e:
         skipped.append(f"rapl: {str(e).removesuffix('; use --energy auto or estimate')}")
-    log.info("no energy counter readable (%s); using the labelled CPU power-model estimate", "; ".join(skipped))
+    # every sweep point selects a meter: say it once per run, not once per point
+    say_once(log, logging.INFO, "energy-estimate", "no energy counter readable (%s); using the labelled CPU "
+             "power-model estimate", "; ".join(skipped))  # fmt: skip
     return EstimateMeter(cpu_watts), skipped
 
 

@@ -21,9 +21,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel
 from torch import nn
-from tqdm.auto import tqdm
 
 from prunelab import calibration
+from prunelab._util import progress
 from prunelab.config.base import build
 from prunelab.config.methods import NoOptions
 from prunelab.config.pattern import Pattern
@@ -225,7 +225,7 @@ class LayerwisePruner(Pruner):
                 log.info("captured %d calibration tokens at block 0", inputs.tokens)
             make_stat = calibration.STATISTICS[self.statistic] if self.statistic else None
             any_layer = False
-            for i in tqdm(range(n), desc=self.name, unit="block"):
+            for i in progress(range(n), desc=self.name, unit="block"):
                 block = store.load(i)
                 layers = self._layers(store, i, block)
                 any_layer = any_layer or bool(layers)

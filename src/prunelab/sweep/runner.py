@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from prunelab._util import check_writable, environment
+from prunelab._util import check_writable, environment, progress
 from prunelab.errors import PrunelabError
 from prunelab.models import check_device, load_model
 from prunelab.sweep.config import SweepConfig
@@ -116,7 +115,7 @@ def _run_sweep(
             cfg.name or folder.name, len(points), outcome.already_done, store.path, len(todo), executor,
         )  # fmt: skip
         store.export_csv()
-        bar = tqdm(total=len(points), initial=outcome.already_done, unit="point", desc="sweep", dynamic_ncols=True)
+        bar = progress(total=len(points), initial=outcome.already_done, unit="point", desc="sweep", dynamic_ncols=True)
 
         def on_result(point: Point, result: dict[str, Any]) -> None:
             result["details"]["run"] = run_no
