@@ -154,9 +154,8 @@ def progress_enabled() -> bool:
     if is_quiet():
         return False
     from tqdm.auto import tqdm
-    from tqdm.std import tqdm as terminal_tqdm
 
-    if tqdm is not terminal_tqdm:
+    if any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__):  # tqdm.auto chose the notebook widget
         return True
     stream = sys.stderr
     return stream is not None and hasattr(stream, "isatty") and stream.isatty()
