@@ -1,22 +1,233 @@
-"""Small helpers shared across modules: atomic writes, peak memory, environment description.
+"""Small helpers shared across modules: atomic writes, interrupts, writability checks, peak memory, environment.
 
 Atomic writes matter because a run can be killed at any moment: a user must find either the old result or the new
 one, never half of one. Everything is written to a temporary sibling and renamed into place.
+
+Interrupts: `install_signal_handlers()` (called once by the CLI's main) turns SIGTERM into `Terminated`, a
+`KeyboardInterrupt` subclass, so `kill PID` unwinds the stack like Ctrl-C does and every `except BaseException`
+cleanup below runs; both exit codes follow the shell's 128 + signal number (130 for SIGINT, 143 for SIGTERM, see
+`interrupt_exit_code`). Temporary paths are also kept in a registry that is emptied at exit (`cleanup_temp_paths`),
+for paths whose own cleanup could not run. The two renames that swap a new output for an old one are a critical
+section: a signal arriving there is held until both are done, so a user never finds the old output moved aside
+and the new one not yet in place.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import json
+import logging
 import os
 import platform
 import resource
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+from prunelab.errors import PrunelabError
+
+# ---------------------------------------------------------------- interrupts and temporary paths
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (so the same cleanups run)."""
+
+    signal_name = "SIGTERM"
+    exit_code = 128 + signal.SIGTERM
+
+
+_TEMP_PATHS: set[Path] = set()
+_critical_depth = 0
+_pending: list[int] = []
+_atexit_registered = False
+
+
+def interrupt_exit_code(error: BaseException) -> int:
+    """130 for Ctrl-C (SIGINT), 143 for SIGTERM: the codes a shell reports for a process ended by that signal."""
+    return error.exit_code if isinstance(error, Terminated) else 128 + signal.SIGINT
+
+
+def interrupt_message(error: BaseException) -> str:
+    """The one line the CLI prints for an interrupt."""
+    name = "SIGTERM" if isinstance(error, Terminated) else "SIGINT"
+    return f"prunelab: interrupted ({name}); no partial output was left"
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt()
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _critical_depth > 0:
+        _pending.append(signum)  # raised when the critical section ends
+        return
+    _raise_for(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM -> `Terminated`, SIGINT -> KeyboardInterrupt, both held back inside `critical_section()`; temp
+    paths left registered are removed at exit. Main thread only (signal.signal's rule); a no-op elsewhere."""
+    global _atexit_registered
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    if not _atexit_registered:  # main() may run many times in one process (tests)
+        atexit.register(cleanup_temp_paths)
+        _atexit_registered = True
+
+
+@contextlib.contextmanager
+def critical_section() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM (when our handlers are installed) until the block is done, then raise."""
+    global _critical_depth
+    _critical_depth += 1
+    try:
+        yield
+    finally:
+        _critical_depth -= 1
+        if _critical_depth == 0 and _pending:
+            signum = _pending[0]
+            _pending.clear()
+            _raise_for(signum)
+
+
+def register_temp(path: Path) -> Path:
+    """Remember a temporary path so it is removed at exit if its owner's cleanup never ran."""
+    _TEMP_PATHS.add(Path(path))
+    return Path(path)
+
+
+def unregister_temp(path: Path) -> None:
+    _TEMP_PATHS.discard(Path(path))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def cleanup_temp_paths() -> None:
+    """Remove every registered temporary path (at exit; safe to call more than once)."""
+    for path in list(_TEMP_PATHS):
+        _remove(path)
+        _TEMP_PATHS.discard(path)
+
+
+# ---------------------------------------------------------------- progress bars and once-per-run messages
+
+QUIET_ENV = "PRUNELAB_QUIET"  # "1": no progress bars (the CLI's -q); in the environment so Ray workers see it too
+_said: set[str] = set()
+
+
+def set_quiet(quiet: bool) -> None:
+    """Record the CLI's -q for every progress bar of this process and of the workers it starts. TQDM_DISABLE
+    also silences the bars of libraries (lm-eval, transformers) when set before tqdm is first imported."""
+    if quiet:
+        os.environ[QUIET_ENV] = "1"
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    else:
+        os.environ.pop(QUIET_ENV, None)
+
+
+def is_quiet() -> bool:
+    return os.environ.get(QUIET_ENV) == "1"
+
+
+def progress_enabled() -> bool:
+    """Bars are for a person watching a terminal: none with -q, and none when stderr is a log file or a pipe,
+    where tqdm's carriage returns and cursor moves (nested bars) turn into hundreds of garbled lines. A notebook's
+    widget bar (tqdm.auto outside a terminal) writes no escape codes and stays on."""
+    if is_quiet():
+        return False
+    from tqdm.auto import tqdm
+
+    if any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__):  # tqdm.auto chose the notebook widget
+        return True
+    stream = sys.stderr
+    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> Any:
+    """`tqdm(iterable, **kwargs)`, shown only when `progress_enabled()`: the one way library code makes a bar."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", not progress_enabled())
+    return tqdm(iterable, **kwargs)
+
+
+def say_once(logger: logging.Logger, level: int, key: str, msg: str, *args: Any) -> None:
+    """Log `msg` the first time `key` comes up in this process (e.g. the missing energy counter, which every
+    sweep point would otherwise repeat); later calls log at DEBUG."""
+    if key in _said:
+        logger.debug(msg, *args)
+        return
+    _said.add(key)
+    logger.log(level, msg, *args)
+
+
+# ---------------------------------------------------------------- output paths
+
+
+def check_writable(path: str | os.PathLike[str] | None, kind: str = "file", what: str = "output") -> None:
+    """Fail now, in one line, if `path` could not be written later (`kind`: "file" or "folder").
+
+    Checked: the path is not a folder when a file is wanted (nor a file when a folder is), no parent is a file,
+    and the nearest existing parent folder accepts a new entry (a probe file is created and removed: permission
+    bits alone do not tell, e.g. for root or read-only mounts). Nothing is left behind.
+    """
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    if kind == "file" and target.is_dir():
+        raise PrunelabError(f"{what} '{path}' is a folder; give a file name")
+    if kind == "folder" and target.exists() and not target.is_dir():
+        raise PrunelabError(f"{what} '{path}' is an existing file, not a folder")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PrunelabError(f"{what} '{path}': '{parent}' is a file, so nothing can be created under it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".prunelab-write-check.", dir=parent)
+    except OSError as e:
+        reason = "read-only file system" if e.errno == errno.EROFS else (e.strerror or type(e).__name__)
+        raise PrunelabError(f"{what} '{path}' cannot be written: '{parent}': {reason}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_memory(need_bytes: float, what: str, device: str = "cpu") -> None:
+    """Refuse work whose memory need (a lower bound the caller computes) exceeds what is available now."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        available = float(torch.cuda.mem_get_info(index)[0])
+        where = f"GPU memory on {device}"
+    else:
+        import psutil
+
+        available = float(psutil.virtual_memory().available)
+        where = "memory"
+    if need_bytes > available:
+        raise PrunelabError(
+            f"{what} needs at least {need_bytes / 2**30:,.1f} GiB, but only {available / 2**30:,.1f} GiB of {where} "
+            "is available; use smaller settings"
+        )
 
 
 def peak_rss_mb() -> float:
@@ -41,8 +252,14 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write text to `path` through a temporary file in the same folder, then rename over the target."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise PrunelabError(f"cannot write '{path}': it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise PrunelabError(f"cannot write '{path}': {e.strerror or type(e).__name__}") from None
+    register_temp(Path(tmp))
     default_file_mode(fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:  # written as given (CSV keeps its \r\n)
@@ -52,33 +269,44 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        unregister_temp(Path(tmp))
 
 
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to `target`; on success it replaces `target`, on error it is removed.
 
-    With `overwrite`, an existing `target` is moved aside first and deleted only after the new folder is in place,
-    so an interrupted save never leaves the user without a model.
+    With `overwrite`, an existing `target` (folder or file) is moved aside first and deleted only after the new
+    folder is in place; the two renames run as a critical section (signals wait), and if anything fails between
+    them the old output is put back, so an interrupted save never leaves the user without a model.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = register_temp(Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)))
+    old: Path | None = None
     try:
         yield tmp
-        old = None
-        if target.exists():
-            if not overwrite:
-                from prunelab.errors import PrunelabError
-
-                raise PrunelabError(f"output '{target}' already exists; pass --overwrite to replace it")
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
+        with critical_section():
+            if target.exists() or target.is_symlink():
+                if not overwrite:
+                    raise PrunelabError(f"output '{target}' already exists; pass --overwrite to replace it")
+                old = register_temp(target.with_name(f".{target.name}.old-{os.getpid()}"))
+                os.replace(target, old)
+            os.replace(tmp, target)
+            unregister_temp(tmp)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
+            unregister_temp(old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            if target.exists():
+                _remove(old)  # the new output is in place; only the old one's deletion was cut short
+            else:
+                os.replace(old, target)  # the new folder never arrived: the old output goes back where it was
+            unregister_temp(old)
+        _remove(tmp)
+        unregister_temp(tmp)
         raise
 
 

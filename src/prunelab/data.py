@@ -179,8 +179,21 @@ def calibration_windows(ids: torch.Tensor, n: int, seqlen: int, seed: int) -> to
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
 
 
+def check_eval_settings(seqlen: int, max_windows: int | None = None, batch_size: int | None = None) -> None:
+    """Refuse evaluation settings that make no sense, with a message naming the setting (not the text length).
+
+    A window needs 2 tokens (one prediction); perplexity of 0 windows or batches of <= 0 windows is undefined."""
+    if seqlen < 2:
+        raise PrunelabError(f"--seqlen must be at least 2 tokens (one prediction per window), got {seqlen}")
+    if max_windows is not None and max_windows < 1:
+        raise PrunelabError(f"--max-windows must be at least 1 (omit it to use every window), got {max_windows}")
+    if batch_size is not None and batch_size < 1:
+        raise PrunelabError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 def eval_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
     """Non-overlapping windows of `seqlen` tokens from the start; the tail shorter than a window is dropped."""
+    check_eval_settings(seqlen, max_windows)
     count = ids.numel() // seqlen
     if max_windows is not None:
         count = min(count, max_windows)

@@ -21,3 +21,13 @@ def did_you_mean(word: str, choices: Iterable[str], what: str) -> PrunelabError:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return PrunelabError(f"unknown {what} '{word}'.{hint} Known: {', '.join(choices)}.")
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (libraries such as torch explain over many lines),
+    shortened to `limit` characters, or the exception's class name when the message is empty."""
+    for line in str(error).splitlines():
+        if line.strip():
+            text = line.strip()
+            return text if len(text) <= limit else text[: limit - 3] + "..."
+    return type(error).__name__

@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from prunelab._util import atomic_dir, write_json_atomic
+from prunelab._util import atomic_dir, check_writable, write_json_atomic
 from prunelab.config.models import DTYPES
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,16 @@ def convert_gguf(gguf: Path) -> Path:
     """
     from transformers import AutoModelForCausalLM
 
+    check_gguf(gguf)
     folder = _gguf_cache_folder(gguf)
     if (folder / "config.json").is_file():
         return folder
     log.info("converting %s to a float32 Hugging Face folder (once): %s", gguf.name, folder)
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = gguf_tokenizer(gguf)
+    try:
+        src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tok = gguf_tokenizer(gguf)
+    except CORRUPT_FILE_ERRORS as e:  # the gguf reader fails on truncated files with whatever numpy/struct raise
+        raise PrunelabError(f"cannot read GGUF file '{gguf}' (truncated or corrupt?): {first_line(e)}") from e
     config = copy.deepcopy(src.config)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
@@ -114,6 +119,39 @@ def convert_gguf(gguf: Path) -> Path:
         tok.save_pretrained(tmp)
         write_json_atomic(tmp / "prunelab-source.json", {"gguf": str(gguf), "dtype": "float32"})
     return folder
+
+
+def _safetensor_error() -> type[Exception]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - older safetensors
+        return OSError
+    return SafetensorError
+
+
+# What parsers of a damaged model file raise (the GGUF reader's numpy reshape/struct errors, safetensors' own).
+CORRUPT_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    struct.error,
+    _safetensor_error(),
+)
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse an empty file or one without the GGUF magic bytes before handing it to the reader."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise PrunelabError(f"cannot read '{path}': {first_line(e)}") from e
+    if not magic:
+        raise PrunelabError(f"'{path}' is empty, not a GGUF model")
+    if magic != b"GGUF":
+        raise PrunelabError(f"'{path}' is not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -143,6 +181,36 @@ def resolve_model(spec: str | None) -> str:
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
+def check_device(device: str) -> torch.device:
+    """Refuse a device name torch does not know, or a GPU this machine or this torch build does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise PrunelabError(f"unknown device '{device}'; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise PrunelabError(f"device '{device}': this torch build ({torch.__version__}) has no CUDA support")
+        if not torch.cuda.is_available():
+            raise PrunelabError(f"device '{device}': no CUDA GPU is visible to torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PrunelabError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PrunelabError(f"device '{device}': MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise PrunelabError(f"device '{device}' is not supported; use cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def check_filters(patterns: list[str] | None, what: str = "--targets") -> None:
+    """Compile every `re:REGEX` filter entry now, so a typo fails before the model loads, in one line."""
+    for p in patterns or []:
+        if p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error as e:
+                raise PrunelabError(f"{what} entry '{p}' is not a valid regular expression: {e}") from None
+
+
 def load_model(
     spec: str | None = None, dtype: str = "auto", device: str = "cpu", device_map: str | None = None
 ) -> LoadedModel:
@@ -159,15 +227,15 @@ def load_model(
         raise PrunelabError(f"unknown device map '{device_map}'; use one of {', '.join(DEVICE_MAPS)}")
     if device_map is not None and device != "cpu":
         raise PrunelabError("give --device or --device-map, not both")
+    check_device(device)
     source = resolve_model(spec)
     on_cpu = device == "cpu" if device_map is None else not torch.cuda.is_available()
     parsed = parse_dtype(dtype)
     torch_dtype: Any = parsed if parsed is not None else (torch.float32 if on_cpu else "auto")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PrunelabError(f"could not load model '{source}': {first}") from e
+    except CORRUPT_FILE_ERRORS as e:  # a truncated model.safetensors raises SafetensorError
+        raise PrunelabError(f"could not load model '{source}': {first_line(e)}") from e
     if device_map is None:
         model.to(device)
     elif any(p.is_meta for p in model.parameters()):
@@ -315,6 +383,8 @@ def save_model(
 
 
 def check_output(output: str | os.PathLike[str] | None, overwrite: bool) -> None:
-    """Refuse an existing output folder before any work is done, not after an hour of pruning."""
+    """Refuse an existing or unwritable output folder before any work is done, not after an hour of pruning."""
     if output is not None and Path(output).exists() and not overwrite:
         raise PrunelabError(f"output '{output}' already exists; pass --overwrite to replace it")
+    if output is not None and not (overwrite and Path(output).is_file()):  # --overwrite may replace a file
+        check_writable(output, "folder", "--output")

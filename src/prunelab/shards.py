@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from prunelab._util import write_json_atomic
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, first_line
+
+
+def _open(path: Path, device: str | None = None) -> Any:
+    """`safe_open` with a damaged file (truncated, not safetensors) turned into a one-line error."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", **({"device": device} if device else {}))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PrunelabError(f"cannot read '{path}' (truncated or not safetensors?): {first_line(e)}") from e
+
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -29,8 +41,6 @@ class SafetensorsCheckpoint:
     """
 
     def __init__(self, folder: Path) -> None:
-        from safetensors import safe_open
-
         self.folder = folder
         index, single = folder / INDEX_NAME, folder / SINGLE_NAME
         if index.is_file():
@@ -39,7 +49,7 @@ class SafetensorsCheckpoint:
             except (OSError, ValueError, KeyError) as e:
                 raise PrunelabError(f"cannot read {index}: {e}") from e
         elif single.is_file():
-            with safe_open(str(single), framework="pt") as f:
+            with _open(single) as f:
                 self.weight_map = dict.fromkeys(f.keys(), SINGLE_NAME)
         else:
             raise PrunelabError(
@@ -51,13 +61,13 @@ class SafetensorsCheckpoint:
         self.dtypes, self.numels = self._headers()
 
     def _headers(self) -> tuple[dict[str, torch.dtype], dict[str, int]]:
-        """Stored dtype and element count of every tensor, from the shard headers (no tensor data is read)."""
-        from safetensors import safe_open
+        """Stored dtype and element count of every tensor, from the shard headers (no tensor data is read).
 
+        A shard whose data is shorter than its header says (a truncated copy) is refused here, before any work."""
         dtypes: dict[str, torch.dtype] = {}
         numels: dict[str, int] = {}
         for path in self.files:
-            with safe_open(str(path), framework="pt") as f:
+            with _open(path) as f:
                 for key in f.keys():
                     view = f.get_slice(key)
                     code = view.get_dtype()
@@ -85,14 +95,18 @@ class SafetensorsCheckpoint:
         self, keys: list[str], dtype: torch.dtype | None = None, device: torch.device | None = None
     ) -> dict[str, torch.Tensor]:
         """The tensors `keys`, floating ones cast to `dtype` (None: as stored), on `device` (default CPU)."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError
 
         out: dict[str, torch.Tensor] = {}
         for key in keys:
             if key not in self.weight_map:
                 raise PrunelabError(f"checkpoint '{self.folder}' has no tensor '{key}'")
-            with safe_open(str(self.folder / self.weight_map[key]), framework="pt", device="cpu") as f:
-                t = f.get_tensor(key)
+            path = self.folder / self.weight_map[key]
+            with _open(path, "cpu") as f:
+                try:
+                    t = f.get_tensor(key)
+                except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                    raise PrunelabError(f"cannot read tensor '{key}' of '{path}': {first_line(e)}") from e
             target = dtype if dtype is not None and t.is_floating_point() else t.dtype
             out[key] = t.to(device=device or "cpu", dtype=target, copy=True)
             del t

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prunelab._util import write_json_atomic, write_text_atomic
+from prunelab._util import check_writable, write_json_atomic, write_text_atomic
 from prunelab.errors import PrunelabError
 from prunelab.report.build import build_report
 from prunelab.report.pareto import Budget
@@ -62,13 +62,16 @@ def report_job(
     write_html: bool = True,
 ) -> dict[str, Any]:
     """Frontier, recommendation, markdown summary and HTML page (default SWEEP_DIR/report.html) of a sweep."""
+    budget = Budget(max_ppl_increase, min_accuracy)  # a nan or negative budget fails before the store is opened
+    check_writable(html_path, "file", "--html")
+    check_writable(json_path, "file", "--json")
     with ResultStore(sweep_dir, write=False) as store:
         rows = store.records()
         meta = {k: store.get_meta(k) for k in ("config", "points", "environment", "runs")}
     if not rows:
         raise PrunelabError(f"'{sweep_dir}' has no finished point yet")
     title = f"prunelab sweep: {(meta.get('config') or {}).get('name') or Path(sweep_dir).resolve().name}"
-    report = build_report(rows, meta, Budget(max_ppl_increase, min_accuracy), cost, write_html, title)
+    report = build_report(rows, meta, budget, cost, write_html, title)
     result: dict[str, Any] = {**report.to_dict(), "markdown": report.markdown, "points": [r.to_dict() for r in rows]}
     if report.html is not None:
         target = Path(html_path) if html_path else Path(sweep_dir) / "report.html"

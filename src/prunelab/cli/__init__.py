@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from prunelab import _util
 from prunelab.cli import bench, calibrate, evaluate, export, generate, methods, prune, report, sweep, train_aware
 from prunelab.cli._base import Formatter, Parser
 from prunelab.errors import PrunelabError
@@ -43,11 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# output-file flags of every subcommand that has them: checked before the job, not after an hour of work
+OUTPUT_FLAGS = (("json_path", "--json"), ("html", "--html"), ("plot", "--plot"))
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    for dest, flag in OUTPUT_FLAGS:
+        _util.check_writable(getattr(args, dest, None), "file", flag)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version (0) and bad flags (2): a return code, like every other outcome
         return e.code if isinstance(e.code, int) else 0
+    _util.install_signal_handlers()  # SIGTERM ends the job like Ctrl-C: temp paths removed, one line, exit 143
+    try:
+        return _run(args)
+    except PrunelabError as e:
+        sys.stderr.write(f"prunelab: error: {e}\n")
+        return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or _util.Terminated for SIGTERM
+        sys.stderr.write(_util.interrupt_message(e) + "\n")
+        return _util.interrupt_exit_code(e)
+
+
+def _run(args: argparse.Namespace) -> int:
+    _util.set_quiet(args.quiet)
+    if not (sys.stderr is not None and sys.stderr.isatty()):
+        # a log file or a pipe: no bars from the libraries either (tqdm reads this when first imported)
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    check_outputs(args)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -59,14 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.disable_progress_bar()  # our own progress bars say what is going on
     transformers.utils.logging.set_verbosity_error()
-    try:
-        return int(args.run(args))
-    except PrunelabError as e:
-        sys.stderr.write(f"prunelab: error: {e}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("prunelab: interrupted\n")
-        return 130
+    return int(args.run(args))
 
 
 __all__ = ["build_parser", "main"]

@@ -12,8 +12,8 @@ from prunelab.config.bench import BenchConfig
 
 # flag -> BenchConfig field, where the flag's name is not the field's
 RENAMED = {"--prompt-len": "prompt_lens", "--batch": "batches"}
-FIELDS = ["prompt_lens", "gen_len", "batches", "repeats", "warmup", "threads", "energy", "country", "grid_intensity",
-          "cpu_watts", "size"]  # fmt: skip
+FIELDS = ["prompt_lens", "gen_len", "batches", "repeats", "warmup", "threads", "energy", "country", "region",
+          "grid_intensity", "cpu_watts", "size"]  # fmt: skip
 
 
 def register(sub: Any) -> None:
@@ -26,6 +26,7 @@ def register(sub: Any) -> None:
     where = p.add_mutually_exclusive_group()
     add_field(where, BenchConfig, "country")
     add_field(where, BenchConfig, "grid_intensity")
+    add_field(p, BenchConfig, "region")
     add_field(p, BenchConfig, "cpu_watts")
     # --sparse-kernels [auto|off]: the CPU runtime's choice (RuntimeConfig); given explicitly as auto (or bare, as
     # before), it also runs 2:4 layers on sparse GPU kernels (BenchConfig.sparse_kernels, on a GPU only).
@@ -78,12 +79,14 @@ def print_bench(r: dict[str, Any]) -> None:
     if energy.get("joules") is not None:
         label = "ESTIMATE" if energy["is_estimate"] else "measured"
         print(
-            f"energy [{energy['energy_source']}, {label}]: {energy['joules']:.2f} J per run, "
+            f"energy [{energy['energy_source']}, {energy.get('method') or '?'}, {label}]: "
+            f"{energy['joules']:.2f} J per run, "
             f"{energy['joules_per_token']:.3f} J/token, {energy['joules_per_1k_prefill_tokens']:.2f} J per 1k "
             f"prefill tokens (meter overhead {energy['overhead_fraction']:.2e} of metered time)"
         )
         print(
-            f"carbon [{carbon['country'] or 'user'} {carbon['grid_intensity']:g} gCO2eq/kWh]: "
+            f"carbon [{carbon.get('region') or carbon['country'] or 'user'} {carbon['grid_intensity']:g} gCO2eq/kWh, "
+            f"{carbon.get('source') or '?'}; year {carbon.get('year') or 'unknown'}]: "
             f"{carbon['g_co2eq_per_1k_tokens']:.4f} g per 1k generated tokens, "
             f"{carbon['g_co2eq_per_million_requests'] / 1000:.2f} kg per million requests"
         )

@@ -9,6 +9,7 @@ from prunelab.cli._base import add_field, model_args, model_config
 from prunelab.cli._runtime import print_runtime, runtime_args, runtime_config
 from prunelab.config.base import build
 from prunelab.config.evaluation import EvalConfig
+from prunelab.errors import PrunelabError
 
 
 def register(sub: Any) -> None:
@@ -29,11 +30,14 @@ def register(sub: Any) -> None:
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
+    tasks = [t.strip() for item in args.tasks or [] for t in item.split(",") if t.strip()]
+    if args.tasks and not tasks:  # `--tasks ,` would otherwise run perplexity only, as if no task was asked for
+        raise PrunelabError(f"--tasks names no task: {' '.join(args.tasks)!r}")
     fields: dict[str, Any] = {
         "seqlen": args.seqlen,
         "max_windows": args.max_windows,
         "batch_size": args.batch_size,
-        "tasks": [t for item in args.tasks for t in item.split(",") if t] if args.tasks else [],
+        "tasks": tasks,
         "task_data": args.task_data,
         "limit": args.limit,
     }

@@ -10,7 +10,8 @@ from prunelab.config.base import StrictModel
 
 Energy = Literal["auto", "rapl", "nvml", "estimate", "off"]
 ENERGY_CHOICES: tuple[str, ...] = get_args(Energy)
-# A deliberately rough default for the labelled estimate (watts per logical CPU at full load).
+# The labelled estimate's last resort when the CPU is not in CodeCarbon's TDP table (watts per logical CPU at full
+# load; CodeCarbon's own fallback). `cpu_watts=None` looks the CPU model up first.
 DEFAULT_CPU_WATTS = 4.0
 
 
@@ -25,8 +26,17 @@ class BenchConfig(StrictModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     energy: Energy = Field("auto", description="energy source")
     country: str | None = Field(None, description="ISO 3166-1 alpha-3 code for grid carbon intensity (WLD)")
-    grid_intensity: float | None = Field(None, ge=0, description="gCO2eq per kWh, your own number")
-    cpu_watts: float = Field(DEFAULT_CPU_WATTS, gt=0, description="estimate only: watts per logical CPU")
+    region: str | None = Field(
+        None, description="sub-national grid (CodeCarbon's data): US-TX, CA-QC, CN-BJ, SE3, or a state with --country"
+    )
+    grid_intensity: float | None = Field(None, ge=0, allow_inf_nan=False, description="gCO2eq per kWh, your own number")
+    cpu_watts: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description=f"estimate only: watts per logical CPU (default: the CPU's TDP from CodeCarbon's table, "
+        f"else {DEFAULT_CPU_WATTS:g} W)",
+    )
     sparse_kernels: bool = Field(False, description="run 2:4 layers on sparse GPU kernels (sm80+)")
     size: bool = Field(True, description="write dense and compact checkpoints to a temp folder to measure them")
     seed: int = Field(0, description="seed of the random prompts")

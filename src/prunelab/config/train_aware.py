@@ -35,7 +35,7 @@ class TrainAwareConfig(StrictModel):
     batch_size: int = Field(ge=1)
     epochs: int = Field(ge=1)
     steps_per_epoch: int = Field(ge=1)
-    lr: float = Field(gt=0)
+    lr: float = Field(gt=0, allow_inf_nan=False)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"

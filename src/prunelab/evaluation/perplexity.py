@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from prunelab._util import progress
+from prunelab.data import check_eval_settings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def perplexity(
 ) -> PerplexityResult:
     """Perplexity of `model` on token windows (n, seqlen)."""
     n, seqlen = windows.shape
+    check_eval_settings(seqlen, n, batch_size)
     vocab = model.get_output_embeddings().weight.shape[0]
     device = next(model.parameters()).device
     # On a CPU one window per forward is fastest (batching only adds memory traffic); on a GPU fill the budget.
@@ -60,7 +63,7 @@ def perplexity(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for a in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+        for a in progress(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
             batch = windows[a : a + batch_size].to(device)
             logits = model(input_ids=batch, use_cache=False).logits
             total_nll += F.cross_entropy(

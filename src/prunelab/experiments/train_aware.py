@@ -33,10 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from prunelab import data
-from prunelab._util import environment, peak_rss_mb, write_json_atomic
+from prunelab._util import check_memory, check_writable, environment, peak_rss_mb, progress, write_json_atomic
 from prunelab.config.prune import PruneConfig
 from prunelab.config.train_aware import COMPARED, LEVELS, PRESETS, PRUNE_RATES, TrainAwareConfig, make_config
 from prunelab.errors import PrunelabError
@@ -50,6 +49,7 @@ __all__ = ["COMPARED", "LEVELS", "PRESETS", "PRUNE_RATES", "CharTokenizer", "Tra
            "plot", "prune_levels", "run"]  # fmt: skip
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class CharTokenizer:
@@ -132,7 +132,7 @@ def train(
         raise PrunelabError(f"training text has {ids.numel()} characters, fewer than one window of {cfg.seqlen}")
     callback.on_train_begin(epochs=cfg.epochs, steps=total)
     curve: list[dict[str, float]] = []
-    bar = tqdm(total=total, desc="train", unit="step")
+    bar = progress(total=total, desc="train", unit="step")
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -176,7 +176,7 @@ def prune_levels(
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     levels: list[dict[str, Any]] = []
     runs = [(c, label) for c in cfg.levels for label in COMPARED]
-    for compression, label in tqdm(runs, desc="prune+eval", unit="run"):
+    for compression, label in progress(runs, desc="prune+eval", unit="run"):
         model.load_state_dict(trained)
         method, options = COMPARED[label]
         row: dict[str, Any] = {"compression": compression, "method": label}
@@ -218,10 +218,20 @@ def _load_average(model: nn.Module) -> None:
             weight_2d(module).copy_(tracker.average(name))
 
 
+def training_bytes(cfg: TrainAwareConfig) -> int:
+    """A lower bound on the float32 activations one training step keeps for backward: per layer and token about
+    16 x hidden (residual, attention, MLP) plus heads x seqlen attention scores (eager attention)."""
+    per_layer = cfg.batch_size * cfg.seqlen * (16 * cfg.hidden + 2 * cfg.intermediate + cfg.heads * cfg.seqlen)
+    return 4 * cfg.layers * per_layer
+
+
 def run(
     cfg: TrainAwareConfig, preset: str, json_path: str | None = None, plot_path: str | None = None
 ) -> dict[str, Any]:
     """Train, track, prune at every level with every method, evaluate; write the JSON (and the plot)."""
+    check_writable(json_path, what="--json")
+    check_writable(plot_path, what="--plot")
+    check_memory(training_bytes(cfg), f"training (batch {cfg.batch_size} x seqlen {cfg.seqlen})")
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -14,7 +14,7 @@ import psutil
 import torch
 from torch import nn
 
-from prunelab._util import environment
+from prunelab._util import check_memory, environment
 from prunelab.config.bench import BenchConfig
 from prunelab.measurement.carbon import GridIntensity, grams_co2eq, grid_intensity
 from prunelab.measurement.energy import EnergyReading, select_meter
@@ -40,7 +40,7 @@ __all__ = [
 
 def bench_intensity(cfg: BenchConfig) -> GridIntensity:
     """The grid carbon intensity the config asks for (a bad country code fails here, before any timing)."""
-    return grid_intensity(cfg.country, cfg.grid_intensity)
+    return grid_intensity(cfg.country, cfg.grid_intensity, cfg.region)
 
 
 def hardware(model: nn.Module, device: torch.device, threads: int) -> dict[str, Any]:
@@ -111,7 +111,10 @@ def carbon_report(energy: dict[str, Any], intensity: GridIntensity, cfg: BenchCo
     report: dict[str, Any] = {
         "grid_intensity": intensity.g_per_kwh,
         "country": intensity.country,
+        "region": intensity.region,
         "intensity_source": intensity.source,
+        "source": intensity.source,
+        "year": intensity.year,
         "request_shape": {"prompt_tokens": cfg.prompt_lens[0], "generated_tokens": cfg.gen_len, "batch": 1},
     }
     if energy.get("joules") is None:
@@ -142,6 +145,26 @@ def latency_report(
         "throughput_tokens_per_s": {str(b): t.stats.to_dict() for b, t in sorted(throughputs.items())},
         "protocol": protocol,
     }
+
+
+def inference_bytes(model: nn.Module, cfg: BenchConfig) -> int:
+    """About the least memory the largest run needs, in the model's dtype: the KV cache of the biggest batch, the
+    hidden states and MLP activations of its prefill (one layer's at a time), and the logits of the batch-1 prefill
+    measurement (every prompt position) and of each generated step (the last position of each sequence)."""
+    c = model.config
+    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", 0) or 0
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "n_embd", 0) or 0
+    heads = getattr(c, "num_attention_heads", None) or getattr(c, "n_head", 1) or 1
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
+    vocab = getattr(c, "vocab_size", 0) or 0
+    width = next(model.parameters()).element_size()
+    batch, prompt = max(cfg.batches), cfg.prompt_lens[0]
+    kv = 2 * layers * batch * (prompt + cfg.gen_len) * kv_heads * head_dim
+    activations = batch * prompt * (4 * hidden + 2 * inter)
+    logits = max(cfg.prompt_lens) * vocab + batch * vocab
+    return (kv + activations + logits) * width
 
 
 def _prunable_sparsity(layers: dict[str, nn.Module]) -> float:
@@ -176,6 +199,7 @@ def _run_bench(
     model: nn.Module, cfg: BenchConfig, threads: int, layers: dict[str, nn.Module], phases: list[PeakMemory]
 ) -> dict[str, Any]:
     device = next(model.parameters()).device
+    check_memory(inference_bytes(model, cfg), f"bench --batch {max(cfg.batches)}", str(device))
     intensity = bench_intensity(cfg)
     meter, skipped = select_meter(cfg.energy, str(device), cpu_watts=cfg.cpu_watts)
     sparsity = _prunable_sparsity(layers)

@@ -17,6 +17,8 @@ from typing import Any
 import psutil
 import torch
 
+from prunelab.models import check_device
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 MIB = 1024 * 1024
@@ -54,7 +56,7 @@ class PeakMemory:
 
     def __init__(self, phase: str, device: str | torch.device = "cpu", interval_s: float = 0.005) -> None:
         self.phase = phase
-        self.device = torch.device(device)
+        self.device = check_device(str(device))  # a bad name fails in one line, not in torch's
         self.interval_s = interval_s
         self.method = ""
         self.start_rss_mb = 0.0

@@ -21,15 +21,15 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel
 from torch import nn
-from tqdm.auto import tqdm
 
 from prunelab import calibration
+from prunelab._util import progress
 from prunelab.config.base import build
 from prunelab.config.methods import NoOptions
 from prunelab.config.pattern import Pattern
 from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
-from prunelab.models import block_linears, find_blocks, weight_2d
+from prunelab.models import block_linears, check_filters, find_blocks, weight_2d
 from prunelab.pruning.allocation import owl_allocation, owl_outlier_ratios
 from prunelab.pruning.blocks import BlockStore
 from prunelab.pruning.stages import make_stages
@@ -120,6 +120,8 @@ class Pruner(ABC):
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, cfg: PruneConfig) -> None:
+        check_filters(cfg.targets, "targets")
+        check_filters(cfg.ignore, "ignore")
         self.cfg = cfg
         self.notes: list[str] = []  # things a user should know, copied into the result (e.g. raised dampening)
         self.pattern: Pattern = cfg.pattern_obj
@@ -223,7 +225,7 @@ class LayerwisePruner(Pruner):
                 log.info("captured %d calibration tokens at block 0", inputs.tokens)
             make_stat = calibration.STATISTICS[self.statistic] if self.statistic else None
             any_layer = False
-            for i in tqdm(range(n), desc=self.name, unit="block"):
+            for i in progress(range(n), desc=self.name, unit="block"):
                 block = store.load(i)
                 layers = self._layers(store, i, block)
                 any_layer = any_layer or bool(layers)

@@ -12,6 +12,7 @@ grid order. The cheapest point inside the budget is on the frontier by construct
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -82,8 +83,8 @@ class Budget:
     def __post_init__(self) -> None:
         if self.max_ppl_increase is None and self.min_accuracy is None:
             self.max_ppl_increase = 0.10  # the default budget: at most 10% more perplexity than dense
-        if self.max_ppl_increase is not None and self.max_ppl_increase < 0:
-            raise PrunelabError(f"--max-ppl-increase must be >= 0, got {self.max_ppl_increase}")
+        if self.max_ppl_increase is not None and not 0 <= self.max_ppl_increase < math.inf:  # nan fails too
+            raise PrunelabError(f"--max-ppl-increase must be a finite number >= 0, got {self.max_ppl_increase}")
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
             raise PrunelabError(f"--min-accuracy is a fraction in [0, 1], got {self.min_accuracy}")
 

@@ -55,7 +55,7 @@ Measurement = section(
     3 repeats. `enabled: false` keeps only the parameter counts (no timing, energy or checkpoint sizes).""",
     BenchConfig,
     {k: k for k in ("gen_len", "batches", "repeats", "warmup", "threads", "energy", "cpu_watts", "country",
-                    "grid_intensity", "size", "sparse_kernels")},
+                    "region", "grid_intensity", "size", "sparse_kernels")},
     defaults={"gen_len": 32, "batches": [1], "repeats": 3, "cpu_watts": None},
     annotations={"cpu_watts": float | None},
     extra={

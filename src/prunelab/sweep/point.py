@@ -216,6 +216,7 @@ def bench_config(m: Any) -> BenchConfig:
         "threads": m.threads,
         "energy": m.energy,
         "country": m.country,
+        "region": m.region,
         "grid_intensity": m.grid_intensity,
         "size": m.size,
         "sparse_kernels": m.sparse_kernels,
@@ -255,8 +256,11 @@ def measure_costs(
     }
     metrics = {k: float(v) for k, v in raw.items() if v is not None}
     details = {
-        "energy": {k: energy.get(k) for k in ("energy_source", "is_estimate", "joules", "joules_per_token")},
-        "carbon": {k: carbon.get(k) for k in ("grid_intensity", "country", "intensity_source", "is_estimate")},
+        "energy": {k: energy.get(k) for k in ("energy_source", "method", "is_estimate", "joules", "joules_per_token")},
+        "carbon": {
+            k: carbon.get(k)
+            for k in ("grid_intensity", "country", "region", "intensity_source", "source", "year", "is_estimate")
+        },
         "latency": {k: latency.get(k) for k in ("prefill_ms", "decode_tokens_per_s", "throughput_tokens_per_s")},
         "size": {k: v for k, v in size.items() if k not in ("encodings",)},
         "hardware": report.get("hardware"),

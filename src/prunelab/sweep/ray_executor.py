@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from prunelab._util import is_quiet, set_quiet
 from prunelab.errors import PrunelabError
 from prunelab.models import load_model
 from prunelab.sweep.config import SweepConfig
@@ -26,12 +27,14 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'prunelab[sweep]'  (or: pip install 'ray>=2')"
 
 
-def _task(cfg_data: dict[str, Any], point: Point) -> dict[str, Any]:
-    """Body of one Ray task: load the model, run the point, return the result dict (no store access)."""
+def _task(cfg_data: dict[str, Any], point: Point, quiet: bool = False) -> dict[str, Any]:
+    """Body of one Ray task: load the model, run the point, return the result dict (no store access). `quiet`
+    is the driver's -q: a worker's environment need not be the driver's (a cluster joined by address)."""
     import transformers
 
+    set_quiet(quiet)
     transformers.utils.logging.disable_progress_bar()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = SweepConfig(**cfg_data)
     lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     check_model(cfg, lm.model)
@@ -74,7 +77,7 @@ def run_ray(cfg: SweepConfig, todo: list[Point], on_result: OnResult, on_error: 
              opts.num_gpus)  # fmt: skip
     task = ray.remote(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_retries=0)(_task)
     cfg_data = worker_config(cfg)
-    pending = {task.remote(cfg_data, point): point for point in todo}
+    pending = {task.remote(cfg_data, point, is_quiet()): point for point in todo}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -10,17 +10,17 @@ every sweep, measured by the same code as every other point.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from prunelab._util import environment
+from prunelab._util import check_writable, environment, progress
 from prunelab.errors import PrunelabError
-from prunelab.models import load_model
+from prunelab.models import check_device, load_model
 from prunelab.sweep.config import SweepConfig
 from prunelab.sweep.executor import EXECUTORS, OnError, OnResult, RayOptions
 from prunelab.sweep.grid import Point, expand_grid
@@ -75,8 +75,32 @@ def run_sweep(
     start = time.perf_counter()
     points = expand_grid(cfg)
     check_inputs(cfg, points)
+    check_device(cfg.device)
+    check_writable(out, "folder", "sweep folder")
     folder = Path(out)
     cfg._folder = folder.resolve()
+    created = not folder.exists()
+    try:
+        return _run_sweep(cfg, folder, points, executor, ray, start)
+    except BaseException:
+        # A new folder that holds no finished point yet (broken model, interrupt before the first point) is only
+        # a lock, a header-only CSV and an empty database: remove it rather than leave a half-made sweep.
+        if created and not _has_points(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _has_points(folder: Path) -> bool:
+    try:
+        with ResultStore(folder, write=False) as store:
+            return bool(store.done_ids())
+    except Exception:
+        return False
+
+
+def _run_sweep(
+    cfg: SweepConfig, folder: Path, points: list[Point], executor: str, ray: RayOptions | None, start: float
+) -> SweepOutcome:
     with ResultStore(folder) as store:
         store.check_settings(cfg.settings())
         run_no = int(store.get_meta("runs") or 0) + 1
@@ -92,7 +116,7 @@ def run_sweep(
             cfg.name or folder.name, len(points), outcome.already_done, store.path, len(todo), executor,
         )  # fmt: skip
         store.export_csv()
-        bar = tqdm(total=len(points), initial=outcome.already_done, unit="point", desc="sweep", dynamic_ncols=True)
+        bar = progress(total=len(points), initial=outcome.already_done, unit="point", desc="sweep", dynamic_ncols=True)
 
         def on_result(point: Point, result: dict[str, Any]) -> None:
             result["details"]["run"] = run_no

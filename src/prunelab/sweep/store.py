@@ -146,6 +146,22 @@ class ResultStore:
         if write:
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(_SCHEMA)
+        else:
+            self._check_readable()
+
+    def _check_readable(self) -> None:
+        """A damaged or truncated results.sqlite is refused in one line (sqlite3 reports it only when a page that
+        is missing is read, so every page is checked now: the file holds one row per point, this is quick)."""
+        try:
+            ok = self.conn.execute("PRAGMA quick_check").fetchone()
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise PrunelabError(f"'{self.path}' is not a readable sweep database: {e}") from None
+        if not ok or ok[0] != "ok" or not {"meta", "points"} <= tables:
+            self.conn.close()
+            why = ok[0] if ok and ok[0] != "ok" else "no points/meta tables"
+            raise PrunelabError(f"'{self.path}' is damaged or not a prunelab sweep database ({why})")
 
     def _lock(self) -> None:
         self._lock_file = open(self.folder / ".lock", "w")

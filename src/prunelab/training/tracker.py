@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from prunelab.config.train_aware import Weighting
-from prunelab.errors import PrunelabError, did_you_mean
+from prunelab.errors import PrunelabError, did_you_mean, first_line
 from prunelab.models import prunable_layers, weight_2d
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ class TrajectoryTracker:
         try:
             state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-            raise PrunelabError(f"cannot read trajectory file '{path}': {type(e).__name__}: {e}") from e
+            # torch's weights_only message spans a dozen lines; the first says what failed
+            raise PrunelabError(f"cannot read trajectory file '{path}': {type(e).__name__}: {first_line(e)}") from e
         if not isinstance(state, dict) or state.get("format") != "prunelab-trajectory/1":
             raise PrunelabError(f"'{path}' is not a prunelab trajectory file (TrajectoryTracker.save)")
         tracker = cls(None, state["last_k"], state["total"], state["weighting"], state["targets"], state["ignore"])

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from prunelab import calibration
+from prunelab._util import progress
 from prunelab.config.methods import StructuredOptions
 from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
@@ -239,7 +239,7 @@ class Structured(Pruner):
         assert calib is not None
         inputs = calibration.capture_block_inputs(model, blocks[0], calib, self._batch_size(model))
         scores = []
-        for block in tqdm(list(blocks), desc="block influence", unit="block"):
+        for block in progress(list(blocks), desc="block influence", unit="block"):
             before = list(inputs.hidden)
             calibration.run_block(block, inputs, keep_outputs=True)
             scores.append(imp.block_influence(calibration.BlockInputs(before, inputs.kwargs), inputs.hidden))
@@ -264,7 +264,7 @@ class Structured(Pruner):
         if calibrated:
             assert calib is not None
             inputs = calibration.capture_block_inputs(model, specs[0].block, calib, self._batch_size(model))
-        for i, spec in enumerate(tqdm(specs, desc=f"structured {o.target}", unit="block")):
+        for i, spec in enumerate(progress(specs, desc=f"structured {o.target}", unit="block")):
             stats: dict[str, imp.MeanVar] = {}
             if inputs is not None:
                 outs = {"mlp": spec.mlp_out.module} if do_mlp else {}

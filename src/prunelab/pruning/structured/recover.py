@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from prunelab._util import progress
 from prunelab.errors import PrunelabError
 from prunelab.models import find_blocks, is_prunable
 
@@ -44,7 +44,7 @@ def lora_recover(
     losses: list[float] = []
     peft_model.train()
     try:
-        for _ in tqdm(range(steps), desc="LoRA recovery", unit="step"):
+        for _ in progress(range(steps), desc="LoRA recovery", unit="step"):
             idx = torch.randint(0, calib.shape[0], (min(batch_size, calib.shape[0]),), generator=gen)
             batch = calib[idx].to(device)
             loss = peft_model(input_ids=batch, labels=batch, use_cache=False).loss
