@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -102,20 +103,28 @@ def make_model(arch: str = "llama", seed: int = 0):
     return model.eval()
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
+def make_bpe(pre: Any, special_tokens: list[str], texts: list[str], **named: str) -> PreTrainedTokenizerFast:
+    """A tiny byte-level BPE trained offline on `texts` with pre-tokenizer `pre`; `named` = bos/eos/unk tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = Tokenizer(models.BPE(unk_token=named.get("unk_token")))
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB,
-        special_tokens=["<unk>", "<s>", "</s>"],
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([CORPUS], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import pre_tokenizers
+
+    return make_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), ["<unk>", "<s>", "</s>"], [CORPUS],
+                    unk_token="<unk>", bos_token="<s>", eos_token="</s>")  # fmt: skip
 
 
 @pytest.fixture(scope="session")

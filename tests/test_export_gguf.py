@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from prunelab import PruneConfig, prune
@@ -23,7 +23,7 @@ from prunelab.export import export_gguf, gguf_source, modelfile_text, write_mode
 from prunelab.export import gguf as gg
 from prunelab.export import tokenizer as tk
 from prunelab.pruning.structured import surgery
-from tests.conftest import CORPUS, VOCAB, make_model, tiny_config
+from tests.conftest import CORPUS, VOCAB, make_bpe, make_model, tiny_config
 
 FAMILIES = ["llama", "mistral", "qwen2"]
 STRINGS = [
@@ -58,18 +58,9 @@ def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def bpe_tokenizer(pre: pre_tokenizers.PreTokenizer) -> PreTrainedTokenizerFast:
-    """A tiny byte-level BPE trained offline with the given pre-tokenizer."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([CORPUS + " 0123456789 12 345 6789" * 20], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>")
+    """A tiny byte-level BPE trained offline with the given pre-tokenizer and ChatML special tokens."""
+    return make_bpe(pre, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], [CORPUS + " 0123456789 12 345 6789" * 20],
+                    bos_token="<|im_start|>", eos_token="<|im_end|>")  # fmt: skip
 
 
 PRE_TOKENIZERS = {
