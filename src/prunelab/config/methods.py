@@ -26,14 +26,22 @@ class SparseGPTOptions(NoOptions):
 
 
 Target = Literal["mlp", "heads", "layers", "mlp+heads"]
-Importance = Literal["magnitude", "activation", "block-influence"]
+Importance = Literal["magnitude", "activation", "taylor", "minitron", "block-influence"]
 TARGETS: tuple[str, ...] = get_args(Target)
 IMPORTANCES: tuple[str, ...] = get_args(Importance)
 
 
 class StructuredOptions(NoOptions):
     target: Target = Field("mlp", description="units to remove")
-    importance: Importance | None = Field(None, description="default: activation; block-influence for layers")
+    importance: Importance | None = Field(
+        None, description="default: activation; block-influence for layers (taylor also scores layers)"
+    )
+    taylor: Literal["element", "vector"] = Field(
+        "element", description="taylor: sum of |grad*weight| over a unit's weights, or of |grad . weight| per vector"
+    )
+    minitron_seq: Literal["mean", "l2"] = Field("mean", description="minitron: reduce |activation| over a window")
+    minitron_batch: Literal["l2", "mean"] = Field("l2", description="minitron: then reduce over the windows")
+    iterative_steps: int = Field(1, ge=1, description="remove the target in N steps, re-scoring between them")
     compensate: bool = Field(False, description="FLAP bias compensation of the removed units' mean output")
     multiple_of: int = Field(
         1, ge=1, description="round the kept MLP width to a multiple of N (32 lets llama.cpp quantize the MLP; "

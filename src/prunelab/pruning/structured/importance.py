@@ -7,6 +7,13 @@
   W[:, j] x_j, whose expected squared norm is ||W[:, j]||^2 E[x_j^2]. With bias compensation the mean of that
   contribution is put back, so what is lost is the *fluctuation* ||W[:, j]||^2 Var[x_j] (FLAP's metric). A unit's
   score is the sum over the columns it owns; a key/value group scores the sum of its query heads.
+- minitron (Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation"): the
+  activation alone, without the weight factor above: |x_j| of an output projection's input (the MLP intermediate
+  act(gate) * up; a head's slice of the attention output) reduced over each window's tokens (mean, or L2), then
+  over the windows (L2, or mean); defaults mean then L2, as NVIDIA Model Optimizer's Minitron pruning does. A
+  head scores the L2 norm of its columns' scores, a KV group the L2 norm of its query heads'. Embedding-channel
+  (hidden size) scores are not offered: the surgery does not remove hidden channels.
+- taylor: first-order Taylor of the loss (taylor.py).
 - block-influence (ShortGPT, Men et al. 2024): 1 - cos(input, output) of a whole block, averaged over tokens.
 
 Scores are "higher = keep". The statistic of the output projection's inputs is a running sum and sum of squares
@@ -49,12 +56,34 @@ class MeanVar(Statistic):
         return (self.sum_sq / n - (self.sum / n).square()).clamp_min(0).float()
 
 
-def _column_scores(part: Part, kind: str, n_units: int, per_column: torch.Tensor) -> torch.Tensor:
-    """Sum of `per_column` over the input columns each unit of `kind` owns in an "in"-axis part."""
+class WindowAbs(MeanVar):
+    """MeanVar plus Minitron's aggregate: per window, |x_j| reduced over its tokens (`seq`: mean or l2), then
+    reduced over windows (`batch`: l2 or mean). Needs whole windows: batches arrive as (windows x seqlen) tokens."""
+
+    def __init__(self, in_features: int, device: torch.device, seqlen: int, seq: str, batch: str) -> None:
+        super().__init__(in_features, device)
+        self.seqlen, self.seq, self.batch = seqlen, seq, batch
+        self.acc = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.windows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        super().add(x)
+        a = x.abs().reshape(-1, self.seqlen, x.shape[-1])
+        per = a.mean(dim=1) if self.seq == "mean" else a.square().sum(dim=1).sqrt()
+        self.acc += (per if self.batch == "mean" else per.square()).sum(dim=0, dtype=torch.float64)
+        self.windows += per.shape[0]
+
+    @property
+    def aggregate(self) -> torch.Tensor:
+        return (self.acc / max(self.windows, 1) if self.batch == "mean" else self.acc.sqrt()).float()
+
+
+def unit_sums(part: Part, kind: str, n_units: int, per_index: torch.Tensor) -> torch.Tensor:
+    """Sum of `per_index` (one value per index along the part's axis) over the indices each unit of `kind` owns."""
     total = torch.zeros(n_units)
     for k, offset, width in part.segments:
         if k == kind:
-            total += per_column[offset : offset + n_units * width].reshape(n_units, width).sum(dim=1).cpu()
+            total += per_index[offset : offset + n_units * width].reshape(n_units, width).sum(dim=1).cpu()
     return total
 
 
@@ -69,8 +98,11 @@ def channel_scores(spec: BlockSpec, how: str, stat: MeanVar | None = None, fluct
     if how == "magnitude":
         return sum((p.unit_sq_norms("ch", spec.n_channels) for p in spec.mlp), torch.zeros(spec.n_channels))
     assert stat is not None
+    if how == "minitron":
+        assert isinstance(stat, WindowAbs)
+        return unit_sums(spec.mlp_out, "ch", spec.n_channels, stat.aggregate)
     cols = activation_column_scores(spec.mlp_out, stat, fluctuation)
-    return _column_scores(spec.mlp_out, "ch", spec.n_channels, cols)
+    return unit_sums(spec.mlp_out, "ch", spec.n_channels, cols)
 
 
 def head_scores(
@@ -80,10 +112,14 @@ def head_scores(
     if how == "magnitude":
         q = sum((p.unit_sq_norms("q", spec.n_heads) for p in spec.attn), torch.zeros(spec.n_heads))
         own = sum((p.unit_sq_norms("kv", spec.n_kv) for p in spec.attn), torch.zeros(spec.n_kv))
+    elif how == "minitron":
+        assert isinstance(stat, WindowAbs)
+        q_sq = unit_sums(spec.attn_out, "q", spec.n_heads, stat.aggregate.square())
+        return q_sq.sqrt(), q_sq.reshape(spec.n_kv, spec.group_size).sum(dim=1).sqrt()
     else:
         assert stat is not None
         cols = activation_column_scores(spec.attn_out, stat, fluctuation)
-        q = _column_scores(spec.attn_out, "q", spec.n_heads, cols)
+        q = unit_sums(spec.attn_out, "q", spec.n_heads, cols)
         own = torch.zeros(spec.n_kv)  # k/v act only through the query heads of their group
     return q, own + q.reshape(spec.n_kv, spec.group_size).sum(dim=1)
 

@@ -9,14 +9,20 @@ Order of work: plan the unit counts and refuse impossible requests *before* touc
 (importance.py); cut them (surgery.py), block by block. Activation scores and bias compensation follow the
 sequential protocol of the layer-wise methods: block i is scored on the outputs of the already pruned blocks.
 Compensation (FLAP): the removed units' mean contribution W[:, removed] E[x_removed] goes into the bias of the
-output projection. Optional LoRA recovery (recover.py) runs last. `check_loadable` proves the result reloads.
+output projection. Taylor scores (taylor.py) come from one gradient pass over the whole model before the cuts.
+`iterative_steps` k > 1 removes the plan in k shares (earlier steps the larger), re-scoring the partly pruned
+model each time: a unit's worth changes once its neighbours are gone. `between_steps`, when a recovery module sets
+it, runs between two steps (e.g. a short distillation); unset, the steps only re-score. Optional LoRA recovery
+(recover.py) runs last. `check_loadable` proves the result reloads.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,9 +35,16 @@ from prunelab.errors import PrunelabError
 from prunelab.models import find_blocks, is_prunable, weight_2d
 from prunelab.pruning.base import Capabilities, LayerResult, Pruner, PruneResult
 from prunelab.pruning.structured import importance as imp
-from prunelab.pruning.structured import surgery
+from prunelab.pruning.structured import surgery, taylor
 
 log = logging.getLogger(__name__)
+
+LAYER_IMPORTANCE = ("block-influence", "taylor")
+UNIT_IMPORTANCE = ("magnitude", "activation", "taylor", "minitron")
+# Called between iterative steps with (model, calibration windows, index of the step just done); returns what to
+# record (or None). The seam for a recovery module: the steps never train by themselves.
+StepRecovery = Callable[[nn.Module, torch.Tensor | None, int], dict[str, Any] | None]
+
 
 @dataclass
 class Plan:
@@ -41,6 +54,12 @@ class Plan:
     kv_groups: int = 0
     q_per_group: int = 0
     layers: int = 0
+
+    def split(self, k: int) -> list[Plan]:
+        """k plans adding up to this one, each count spread evenly (earlier steps the larger shares); empty ones
+        dropped. Heads stay GQA-consistent: every step removes whole groups and the same query heads per group."""
+        shares = [[n // k + (i < n % k) for i in range(k)] for n in astuple(self)]
+        return [p for p in (Plan(*col) for col in zip(*shares, strict=True)) if any(astuple(p))]
 
 
 def macs_per_token(model: nn.Module) -> int:
@@ -56,6 +75,8 @@ class Structured(Pruner):
         changes_shapes=True, supports_nm=False, comparison_group="unit", block_local=False, layer_filters=False
     )
 
+    between_steps: StepRecovery | None = None
+
     def __init__(self, cfg: PruneConfig) -> None:
         super().__init__(cfg)
         o: StructuredOptions = self.options
@@ -66,10 +87,10 @@ class Structured(Pruner):
         if cfg.targets or cfg.ignore:
             raise PrunelabError("--targets/--ignore do not apply to structured pruning; choose units with --target")
         self.importance = o.importance or ("block-influence" if o.target == "layers" else "activation")
-        if (self.importance == "block-influence") != (o.target == "layers"):
+        if self.importance not in (LAYER_IMPORTANCE if o.target == "layers" else UNIT_IMPORTANCE):
             raise PrunelabError(
-                f"importance '{self.importance}' does not apply to target '{o.target}': "
-                "block-influence scores whole layers; mlp and heads use magnitude or activation"
+                f"importance '{self.importance}' does not apply to target '{o.target}': layers use "
+                f"{' or '.join(LAYER_IMPORTANCE)}; mlp and heads use {', '.join(UNIT_IMPORTANCE)}"
             )
         if o.compensate and o.target == "layers":
             raise PrunelabError("--compensate applies to mlp/heads targets, not to removed layers")
@@ -175,13 +196,20 @@ class Structured(Pruner):
                 surgery.enable_output_bias(model, specs[0], which, apply=True)
         compensated_params = sum(p.numel() for b in blocks for p in b.parameters())
         structure_before = self._structure(specs, len(blocks))
-        with torch.no_grad():
-            if plan.layers:
-                dropped = self._drop_layers(model, blocks, calib, plan.layers)
-            else:
-                dropped = []
-                self._prune_units(model, specs, calib, plan, do_mlp, do_heads)
-                surgery.update_config(model, specs[0])
+        alive, between = list(range(len(blocks))), []  # original index of each remaining layer
+        steps = plan.split(o.iterative_steps)
+        for step, part in enumerate(steps):
+            with torch.no_grad():
+                if part.layers:
+                    drop = self._drop_layers(model, blocks, calib, part.layers)
+                    alive = [i for j, i in enumerate(alive) if j not in set(drop)]
+                else:
+                    self._prune_units(model, specs, calib, part)
+                    surgery.update_config(model, specs[0])
+                    specs = [surgery.block_spec(b, model.config) for b in blocks]  # offsets of fused parts moved
+            if self.between_steps is not None and step + 1 < len(steps):
+                between.append(self.between_steps(model, calib, step))
+        dropped = [i for i in range(len(block_params)) if i not in set(alive)]
         recovery = None
         if o.recover_steps:
             from prunelab.pruning.structured.recover import lora_recover
@@ -216,6 +244,11 @@ class Structured(Pruner):
             "structure_before": structure_before,
             "structure_after": self._structure([surgery.block_spec(b, model.config) for b in blocks], len(blocks)),
             "removed_layers": dropped,
+            "iterative": (
+                {"asked": o.iterative_steps, "steps": len(steps), "between_steps": between}
+                if o.iterative_steps > 1
+                else None
+            ),
             "recovery": recovery,
         }
         result.seconds = time.perf_counter() - start
@@ -235,17 +268,23 @@ class Structured(Pruner):
         return self.cfg.calib_batch(next(model.parameters()).device.type)
 
     def _drop_layers(self, model: nn.Module, blocks: nn.ModuleList, calib: torch.Tensor | None, n: int) -> list[int]:
-        """ShortGPT: score every block on the dense model's hidden states, drop the n least influential."""
+        """Drop the n least important blocks: ShortGPT's block influence on the current model's hidden states, or
+        the Taylor score of each block. Returns their indices in the current numbering."""
         assert calib is not None
-        inputs = calibration.capture_block_inputs(model, blocks[0], calib, self._batch_size(model))
-        scores = []
-        for block in progress(list(blocks), desc="block influence", unit="block"):
-            before = list(inputs.hidden)
-            calibration.run_block(block, inputs, keep_outputs=True)
-            scores.append(imp.block_influence(calibration.BlockInputs(before, inputs.kwargs), inputs.hidden))
-        del inputs
+        if self.importance == "taylor":
+            grads = taylor.gradients(model, calib, self._batch_size(model))
+            scores = [taylor.layer_score(b, grads, self.options.taylor) for b in blocks]
+            del grads
+        else:
+            inputs = calibration.capture_block_inputs(model, blocks[0], calib, self._batch_size(model))
+            scores = []
+            for block in progress(list(blocks), desc="block influence", unit="block"):
+                before = list(inputs.hidden)
+                calibration.run_block(block, inputs, keep_outputs=True)
+                scores.append(imp.block_influence(calibration.BlockInputs(before, inputs.kwargs), inputs.hidden))
+            del inputs
         drop = sorted(sorted(range(len(scores)), key=lambda i: (scores[i], i))[:n])
-        log.info("block influence %s; removing layers %s", [round(x, 4) for x in scores], drop)
+        log.info("%s %s; removing layers %s", self.importance, [round(x, 4) for x in scores], drop)
         surgery.remove_layers(model, drop)
         return drop
 
@@ -255,32 +294,49 @@ class Structured(Pruner):
         specs: list[surgery.BlockSpec],
         calib: torch.Tensor | None,
         plan: Plan,
-        do_mlp: bool,
-        do_heads: bool,
     ) -> None:
         o: StructuredOptions = self.options
-        calibrated = self.importance == "activation" or o.compensate
-        inputs = None
-        if calibrated:
+        do_mlp, do_heads = plan.channels > 0, plan.kv_groups + plan.q_per_group > 0
+        inputs, grad_scores = None, None
+        if self.importance == "taylor":  # the whole model's gradient, before any cut of this step
+            assert calib is not None
+            grads = taylor.gradients(model, calib, self._batch_size(model))
+            grad_scores = [taylor.unit_scores(spec, grads, o.taylor) for spec in specs]
+            del grads
+        if self.importance in ("activation", "minitron") or o.compensate:
             assert calib is not None
             inputs = calibration.capture_block_inputs(model, specs[0].block, calib, self._batch_size(model))
+        seqlen = 0 if calib is None else calib.shape[1]
+
+        def make_stat(m: nn.Module) -> imp.MeanVar:
+            n, dev = weight_2d(m).shape[1], weight_2d(m).device
+            if self.importance == "minitron":
+                return imp.WindowAbs(n, dev, seqlen, o.minitron_seq, o.minitron_batch)
+            return imp.MeanVar(n, dev)
+
         for i, spec in enumerate(progress(specs, desc=f"structured {o.target}", unit="block")):
             stats: dict[str, imp.MeanVar] = {}
             if inputs is not None:
                 outs = {"mlp": spec.mlp_out.module} if do_mlp else {}
                 outs.update({"attn": spec.attn_out.module} if do_heads else {})
-                stats = calibration.collect_statistics(  # type: ignore[assignment]
-                    spec.block, outs, inputs, lambda m: imp.MeanVar(weight_2d(m).shape[1], weight_2d(m).device)
-                )
+                stats = calibration.collect_statistics(spec.block, outs, inputs, make_stat)  # type: ignore[assignment]
             mean = stats if o.compensate else {}  # what _silence moves into the bias
             keep: list[int] = []
             if do_mlp:
-                scores = imp.channel_scores(spec, self.importance, stats.get("mlp"), o.compensate)
+                scores = (
+                    grad_scores[i]["ch"]
+                    if grad_scores is not None
+                    else imp.channel_scores(spec, self.importance, stats.get("mlp"), o.compensate)
+                )
                 order = torch.argsort(scores, descending=True, stable=True)
                 keep = sorted(order[: spec.n_channels - plan.channels].tolist())
                 self._silence(spec.mlp_out, spec.mlp_out.indices({"ch": keep}), mean.get("mlp"))
             if do_heads:
-                q, groups = imp.head_scores(spec, self.importance, stats.get("attn"), o.compensate)
+                q, groups = (
+                    (grad_scores[i]["q"], grad_scores[i]["kv"])
+                    if grad_scores is not None
+                    else imp.head_scores(spec, self.importance, stats.get("attn"), o.compensate)
+                )
                 keep_q, keep_kv = select_heads(q, groups, spec.group_size, plan.kv_groups, plan.q_per_group)
                 surgery.check_heads(spec, keep_q, keep_kv)
                 self._silence(spec.attn_out, spec.attn_out.indices({"q": keep_q}), mean.get("attn"))
