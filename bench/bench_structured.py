@@ -13,10 +13,16 @@ the protocol of `prunelab bench`: random-token prompts, decode speed between the
     nice -n 10 python bench/bench_structured.py speed     # time each saved model against dense, A/B
     nice -n 10 python bench/bench_structured.py reeval    # perplexity of each saved folder, reloaded
     python bench/bench_structured.py table                # print the merged table again
+    nice -n 10 python bench/bench_structured.py importance  # importance options at mlp+heads 25%, no recovery
 
 Two phases, so quality (slow, load-insensitive) and speed (load-sensitive; rerun when the machine is quiet) are
 measured apart; the speed phase loads each saved folder with plain `from_pretrained`, the thing a user gets.
 Rows are appended to JSONL files as they finish (a killed run keeps what it measured; done rows are skipped).
+
+`importance` asks which removal decisions need the least recovery: the same mlp+heads 25% cut scored by each
+importance option (magnitude, activation, FLAP-compensated activation, Taylor element/vector, Minitron, and
+iterative Taylor/Minitron in 4 steps without recovery), perplexity before any recovery. Calibration: 32 x 512
+windows of WikiText-2 validation (--calib), seed 0; rows go to structured-importance.jsonl (no timing).
 """
 
 from __future__ import annotations
@@ -45,6 +51,19 @@ VARIANTS: tuple[tuple[str, float, dict[str, Any]], ...] = (
     ("layers LoRA30", 0.5, {"target": "layers", "recover_steps": 30, "recover_lr": 5e-4}),
 )
 
+
+# The importance comparison (phase `importance`): (name, options), all at mlp+heads --importance-sparsity.
+IMPORTANCE_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("magnitude", {"importance": "magnitude"}),
+    ("activation", {"importance": "activation"}),
+    ("activation compensate", {"importance": "activation", "compensate": True}),
+    ("taylor", {"importance": "taylor"}),
+    ("taylor vector", {"importance": "taylor", "taylor": "vector"}),
+    ("minitron", {"importance": "minitron"}),
+    ("minitron l2-l2", {"importance": "minitron", "minitron_seq": "l2"}),
+    ("taylor x4", {"importance": "taylor", "iterative_steps": 4}),
+    ("minitron x4", {"importance": "minitron", "iterative_steps": 4}),
+)
 
 DECODE_PROMPT = 16  # tokens of the prompt the decode runs start from (decode speed leaves the prefill out)
 
@@ -180,6 +199,37 @@ def quality(args: Any, out: Path, models: Path) -> None:
         del lm
 
 
+def importance(args: Any, out: Path) -> None:
+    """Each importance option on the same mlp+heads cut: perplexity before recovery, one JSON line per row."""
+    done = {r["name"] for r in read_rows(out)}
+    source = f"wikitext2:{args.wikitext}"
+
+    def emit(row: dict[str, Any]) -> None:
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{row['name']:22s} ppl {row.get('ppl', float('nan')):8.2f} {row.get('error', '')}")
+
+    calib = {"calib": args.calib, "calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen, "seed": 0}
+    for name, options in (("dense", None), *IMPORTANCE_ROWS):
+        if name in done:
+            continue
+        lm = load_model(args.model)
+        row: dict[str, Any] = {"name": name, "options": options, "sparsity": args.importance_sparsity, **calib}
+        if options is not None:
+            opts = {"target": "mlp+heads", **options}
+            cfg = PruneConfig(method="structured", sparsity=args.importance_sparsity, options=opts, **calib)
+            try:
+                result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
+            except PrunelabError as e:
+                emit({**row, "error": str(e)})
+                continue
+            row.update({k: result.extra[k] for k in ("achieved_reduction", "params_after", "structure_after")})
+            row["prune_seconds"] = result.seconds
+        res = evaluate(lm.model, lm.tokenizer, [source], seqlen=args.seqlen, max_windows=args.max_windows)[source]
+        emit({**row, "ppl": res.perplexity, "windows": args.max_windows, "seqlen": args.seqlen})
+        del lm
+
+
 def speed(args: Any, out: Path) -> None:
     """Time every saved model (plain from_pretrained) against the dense one, A/B, same process and threads."""
     from transformers import AutoModelForCausalLM
@@ -234,9 +284,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument(
         "phase",
-        choices=["quality", "speed", "reeval", "table"],
-        help="quality first, then speed; reeval re-measures saved folders; table prints",
+        choices=["quality", "speed", "reeval", "table", "importance"],
+        help="quality first, then speed; reeval re-measures saved folders; table prints; importance compares scores",
     )
+    ap.add_argument("--model", default=None, help="importance: model folder (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--calib", default="../shared/data/wikitext-2/valid.txt", help="importance: calibration text")
+    ap.add_argument("--calib-samples", type=int, default=32, help="importance: calibration windows")
+    ap.add_argument("--calib-seqlen", type=int, default=512, help="importance: tokens per calibration window")
+    ap.add_argument("--seqlen", type=int, default=512, help="importance: perplexity window length")
+    ap.add_argument("--importance-sparsity", type=float, default=0.25)
+    ap.add_argument("--importance-json", default="bench/out/structured-importance.jsonl")
     ap.add_argument("--wikitext", default="../shared/data/wikitext-2-raw/wiki.test.raw")
     ap.add_argument("--json", default="bench/out/structured.jsonl", help="rows are appended here (JSON lines)")
     ap.add_argument("--models", default="bench/out/structured-models", help="where pruned models are saved")
@@ -253,7 +310,7 @@ def main() -> None:
     ap.add_argument("--cpu-time", action="store_true", help="speed: time process CPU seconds (use --threads 1)")
     ap.add_argument("--all-rows", action="store_true", help="speed: also time variants of an already timed shape")
     args = ap.parse_args()
-    out = Path(args.json)
+    out = Path(args.importance_json if args.phase == "importance" else args.json)
     if args.phase == "table":
         print_table(merged(out))
         return
@@ -263,6 +320,9 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.phase == "importance":
+        importance(args, out)
+        return
     if args.phase == "quality":
         quality(args, out, Path(args.models))
     elif args.phase == "reeval":
