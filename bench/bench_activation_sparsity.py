@@ -33,6 +33,7 @@ from prunelab.measurement import latency
 from prunelab.measurement.timing import set_threads, summarize, time_runs
 from prunelab.runtime import apply_activation_sparsity, apply_weight_sparsity, calibrate_thresholds
 from prunelab.runtime import kernels as K
+from prunelab.runtime.thresholds import ThresholdTable
 
 SHAPES = ("576x576", "576x192", "576x1536", "1536x576")  # in x out: q/o, k/v, gate/up, down
 KEEPS = (1.0, 0.75, 0.6, 0.5, 0.4, 0.25, 0.1)
@@ -110,6 +111,125 @@ def print_kernels(res: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- (b) model level
+#
+# Split in two so the slow, timing-free part can run while the machine is busy: `quality` (perplexity of every
+# model x setting, prefill thresholded) and `speed` (decode A/B interleaved with the same model run dense, alone on
+# the machine). Both share a cache of the pruned models and threshold tables under --cache, and write one JSON per
+# row under --rows as soon as it is done, so an interrupted run resumes where it stopped.
+
+
+def _variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """model label -> how it is made and which runtime settings run on it."""
+    act_dense = [(a, lv) for a in args.allocations for lv in args.levels]
+    act_pruned = [(a, lv) for a in args.pruned_allocations for lv in args.levels]
+    out: dict[str, dict[str, Any]] = {"dense": {"cfg": None, "act": act_dense, "weights": False}}
+    if args.pruned:
+        out["wanda-50%"] = {"cfg": PruneConfig(method="wanda", sparsity=0.5), "act": act_pruned, "weights": True}
+        out["structured-mlp-25%"] = {
+            "cfg": PruneConfig(method="structured", sparsity=0.25, options={"target": "mlp"}),
+            "act": act_pruned,
+            "weights": False,
+        }
+        for s in args.weight_model_sparsities:
+            if abs(s - 0.5) > 1e-9:
+                out[f"wanda-{s:.0%}"] = {
+                    "cfg": PruneConfig(method="wanda", sparsity=s), "act": [], "weights": True,
+                }  # fmt: skip
+    return out
+
+
+def _settings_of(variant: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [{"name": f"act {a} {lv:g}", "allocation": a, "level": lv} for a, lv in variant["act"]]
+    if variant["weights"]:
+        rows.append({"name": "csr weights", "weights": True})
+    return rows
+
+
+def _slug(*parts: str) -> str:
+    return "__".join(p.replace(" ", "-").replace("%", "").replace(":", "-") for p in parts)
+
+
+class ModelCache:
+    """The embedded model, each pruned variant and its threshold tables, made once and kept on disk."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dir = Path(args.cache)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lm = load_model(args.model)
+        self._calib: torch.Tensor | None = None
+
+    @property
+    def calib(self) -> torch.Tensor:
+        if self._calib is None:
+            a = self.args
+            self._calib = data.calibration_data(self.lm.tokenizer, a.calib, a.calib_samples, a.calib_seqlen, seed=0)
+        return self._calib
+
+    def model(self, label: str, variant: dict[str, Any]) -> torch.nn.Module:
+        if variant["cfg"] is None:
+            return self.lm.model
+        path = self.dir / f"{_slug(label)}.pt"
+        if path.exists():
+            return torch.load(path, weights_only=False)
+        m = copy.deepcopy(self.lm.model)
+        a = self.args
+        prune(m, variant["cfg"].model_copy(update={"calib_samples": a.calib_samples, "calib_seqlen": a.calib_seqlen}),
+              calib=self.calib)  # fmt: skip
+        tmp = path.with_suffix(".tmp")
+        torch.save(m, tmp)
+        tmp.replace(path)
+        return m
+
+    def table(self, label: str, model: torch.nn.Module, allocation: str) -> ThresholdTable:
+        path = self.dir / f"{_slug(label, allocation)}.thresholds.json"
+        if path.exists():
+            return ThresholdTable.from_dict(json.loads(path.read_text()), str(path))
+        table = calibrate_thresholds(model, self.calib, allocation=allocation)
+        write_json_atomic(path, table.to_dict())
+        return table
+
+
+def _apply(model: torch.nn.Module, setting: dict[str, Any], table: Any, kernels: Any, prefill: str = "dense"):
+    if setting.get("weights"):
+        return apply_weight_sparsity(model, kernels=kernels)
+    return apply_activation_sparsity(model, table, setting["level"], kernels=kernels, prefill=prefill)
+
+
+def _row_path(args: argparse.Namespace, kind: str, label: str, setting: str) -> Path:
+    return Path(args.rows) / kind / f"{_slug(label, setting)}.json"
+
+
+def quality_section(args: argparse.Namespace) -> None:
+    """Perplexity of each model run dense and under each runtime setting (thresholds also on the prompt)."""
+    cache = ModelCache(args)
+    ids = data.tokenize(cache.lm.tokenizer, data.load_text(f"wikitext2:{args.wikitext}").text)
+    windows = data.eval_windows(ids, args.ppl_seqlen, args.ppl_windows)
+    for label, variant in _variants(args).items():
+        todo = [s for s in [{"name": "dense"}, *_settings_of(variant)]
+                if not _row_path(args, "quality", label, s["name"]).exists()]  # fmt: skip
+        if not todo:
+            continue
+        model = cache.model(label, variant)
+        for s in todo:
+            if s.get("weights"):
+                continue  # CSR runs the same weights (rounding aside): its perplexity is the dense row's
+            start = time.perf_counter()
+            handle = None
+            if s["name"] != "dense":
+                # Same maths whatever kernel runs: the dense kernel ("off") is enough for perplexity.
+                handle = _apply(model, s, cache.table(label, model, s["allocation"]), "off", prefill="threshold")
+            try:
+                ppl = perplexity(model, windows).perplexity
+                info = handle.info if handle is not None else {}
+            finally:
+                if handle is not None:
+                    handle.remove()
+            row = {"model": label, "setting": s["name"], "perplexity": ppl, "seconds": time.perf_counter() - start,
+                   "model_average_sparsity": info.get("model_average"), "windows": args.ppl_windows,
+                   "seqlen": args.ppl_seqlen}  # fmt: skip
+            write_json_atomic(_row_path(args, "quality", label, s["name"]), row)
+            print(f"quality {label:20s} {s['name']:22s} ppl {ppl:8.3f}  ({row['seconds']:.0f} s)", flush=True)
 
 
 def _decode_round(model: torch.nn.Module, args: argparse.Namespace) -> float:
@@ -117,110 +237,92 @@ def _decode_round(model: torch.nn.Module, args: argparse.Namespace) -> float:
     return measured.stats.median
 
 
-def _settings(args: argparse.Namespace, model: torch.nn.Module, calib: torch.Tensor) -> list[dict[str, Any]]:
-    tables = {alloc: calibrate_thresholds(model, calib, allocation=alloc) for alloc in args.allocations}
-    return [
-        {"name": f"act {alloc} {level:g}", "table": tables[alloc], "level": level, "allocation": alloc}
-        for alloc in args.allocations
-        for level in args.levels
-    ]
-
-
-def _apply(model: torch.nn.Module, setting: dict[str, Any], args: argparse.Namespace, prefill: str = "dense"):
-    if setting.get("table") is not None:
-        return apply_activation_sparsity(
-            model, setting["table"], setting["level"], kernels=args.sparse_kernels, prefill=prefill
-        )
+def _frozen(info: dict[str, Any], setting: dict[str, Any]) -> Any:
+    """The kernel choice the first (measured) apply made, replayed so later rounds skip the measurement."""
     if setting.get("weights"):
-        return apply_weight_sparsity(model, kernels="off" if args.sparse_kernels == "off" else "auto")
-    return None
+        chosen = info["kernel_by_layer"]
+        return lambda name, shape, sparsity: chosen.get(name, "dense")
+    by_shape = info["kernels_by_shape"]
+    return lambda in_f, out_f, rows, keep: by_shape[f"{in_f}x{out_f}"].get(rows, "dense")
 
 
-def model_rows(
-    label: str,
-    model: torch.nn.Module,
-    settings: list[dict[str, Any]],
-    windows: torch.Tensor | None,
-    args: argparse.Namespace,
-) -> list[dict[str, Any]]:
-    """A/B: each round times the dense model and every setting in turn (interleaved), in this one process."""
-    speeds: dict[str, list[float]] = {"dense": []}
-    kernels: dict[str, Any] = {}
-    for _ in range(args.rounds):
-        speeds["dense"].append(_decode_round(model, args))
+def speed_section(args: argparse.Namespace) -> None:
+    """Decode tok/s, A/B: each round times the model dense and under every setting in turn, in this process."""
+    cache = ModelCache(args)
+    for label, variant in _variants(args).items():
+        settings = _settings_of(variant)
+        if all(_row_path(args, "speed", label, s["name"]).exists() for s in settings):
+            continue
+        model = cache.model(label, variant)
+        tables = {a: cache.table(label, model, a) for a in {s["allocation"] for s in settings if "allocation" in s}}
+        speeds: dict[str, list[float]] = {"dense": []}
+        infos: dict[str, dict[str, Any]] = {}
+        for r in range(args.rounds):
+            speeds["dense"].append(_decode_round(model, args))
+            for s in settings:
+                table = tables.get(s.get("allocation", ""))
+                kernels = "auto" if s["name"] not in infos else _frozen(infos[s["name"]], s)
+                handle = _apply(model, s, table, kernels)
+                try:
+                    speeds.setdefault(s["name"], []).append(_decode_round(model, args))
+                    infos.setdefault(s["name"], handle.info)
+                finally:
+                    handle.remove()
+            print(f"speed {label}: round {r + 1}/{args.rounds} done", flush=True)
+        dense = summarize(speeds["dense"])
         for s in settings:
-            handle = _apply(model, s, args)
-            try:
-                speeds.setdefault(s["name"], []).append(_decode_round(model, args))
-                kernels[s["name"]] = handle.info if handle is not None else {}
-            finally:
-                if handle is not None:
-                    handle.remove()
+            stats = summarize(speeds[s["name"]])
+            info = infos[s["name"]]
+            row = {"model": label, "setting": s["name"], "decode_tokens_per_s": stats.to_dict(),
+                   "dense_tokens_per_s": dense.to_dict(), "speedup": stats.median / dense.median,
+                   "rounds_speedup": [a / b for a, b in zip(speeds[s["name"]], speeds["dense"], strict=True)],
+                   "kernels_by_shape": info.get("kernels_by_shape"), "csr_layers": info.get("csr_layers"),
+                   "model_average_sparsity": info.get("model_average"),
+                   "prompt_len": args.prompt_len, "gen_len": args.gen_len}  # fmt: skip
+            write_json_atomic(_row_path(args, "speed", label, s["name"]), row)
+
+
+def collect_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Quality and speed rows joined by (model, setting), in the order of the plan."""
     rows = []
-    base_ppl = None
-    for name in ["dense", *[s["name"] for s in settings]]:
-        stats = summarize(speeds[name])
-        row: dict[str, Any] = {"model": label, "setting": name, "decode_tokens_per_s": stats.to_dict()}
-        setting = next((s for s in settings if s["name"] == name), None)
-        if windows is not None:
-            handle = _apply(model, setting, args, prefill="threshold") if setting else None
-            try:
-                row["perplexity"] = perplexity(model, windows).perplexity
-            finally:
-                if handle is not None:
-                    handle.remove()
-            base_ppl = row["perplexity"] if name == "dense" else base_ppl
-            row["ppl_ratio"] = row["perplexity"] / base_ppl
-        row["speedup"] = stats.median / summarize(speeds["dense"]).median
-        info = kernels.get(name, {})
-        row["kernels_by_shape"] = info.get("kernels_by_shape")
-        row["csr_layers"] = info.get("csr_layers")
-        rows.append(row)
+    for label, variant in _variants(args).items():
+        base = _read(_row_path(args, "quality", label, "dense"))
+        for s in [{"name": "dense"}, *_settings_of(variant)]:
+            q = _read(_row_path(args, "quality", label, "dense" if s.get("weights") else s["name"]))
+            sp = _read(_row_path(args, "speed", label, s["name"]))
+            row: dict[str, Any] = {"model": label, "setting": s["name"]}
+            if q:
+                row["perplexity"] = q["perplexity"]
+                row["model_average_sparsity"] = q.get("model_average_sparsity")
+                if base:
+                    row["ppl_ratio"] = q["perplexity"] / base["perplexity"]
+            if sp:
+                row.update({k: sp[k] for k in ("decode_tokens_per_s", "dense_tokens_per_s", "speedup",
+                                                "rounds_speedup", "kernels_by_shape", "csr_layers")})  # fmt: skip
+            elif s["name"] == "dense" and label:
+                other = next((_read(p) for p in sorted((Path(args.rows) / "speed").glob(f"{_slug(label)}__*.json"))
+                              ), None)  # fmt: skip
+                if other:
+                    row.update(decode_tokens_per_s=other["dense_tokens_per_s"], speedup=1.0)
+            rows.append(row)
     return rows
 
 
-def model_section(args: argparse.Namespace) -> list[dict[str, Any]]:
-    lm = load_model(args.model)
-    calib = data.calibration_data(lm.tokenizer, args.calib, args.calib_samples, args.calib_seqlen, seed=0)
-    windows = None
-    if args.wikitext:
-        ids = data.tokenize(lm.tokenizer, data.load_text(f"wikitext2:{args.wikitext}").text)
-        windows = data.eval_windows(ids, args.ppl_seqlen, args.ppl_windows)
-    rows = model_rows("dense", lm.model, _settings(args, lm.model, calib), windows, args)
-    if args.pruned:
-        variants = {
-            "wanda-50%": PruneConfig(method="wanda", sparsity=0.5),
-            "structured-mlp-25%": PruneConfig(method="structured", sparsity=0.25, options={"target": "mlp"}),
-        }
-        for label, cfg in variants.items():
-            m = copy.deepcopy(lm.model)
-            cfg = cfg.model_copy(update={"calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen})
-            prune(m, cfg, calib=calib)
-            rows += model_rows(label, m, _settings(args, m, calib), windows, args)
-            del m
-        for s in args.weight_model_sparsities:
-            m = copy.deepcopy(lm.model)
-            prune(
-                m,
-                PruneConfig(
-                    method="wanda", sparsity=s, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen
-                ),
-                calib=calib,
-            )
-            rows += model_rows(f"wanda-{s:.0%}", m, [{"name": "csr weights", "weights": True}], windows, args)
-            del m
-    return rows
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def print_models(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'model':20s} {'setting':22s} {'tok/s':>8s} {'IQR':>6s} {'x dense':>8s} {'ppl':>8s} {'x ppl':>6s}")
+    print(f"\n{'model':20s} {'setting':22s} {'sparsity':>8s} {'tok/s':>8s} {'IQR':>6s} {'x dense':>8s} "
+          f"{'ppl':>8s} {'x ppl':>6s}")  # fmt: skip
+    nan = float("nan")
     for r in rows:
-        d = r["decode_tokens_per_s"]
-        ppl = r.get("perplexity", float("nan"))
-        ratio = r.get("ppl_ratio", float("nan"))
+        d = r.get("decode_tokens_per_s") or {"median": nan, "iqr": nan}
+        sp = r.get("model_average_sparsity")
         print(
-            f"{r['model']:20s} {r['setting']:22s} {d['median']:8.2f} {d['iqr']:6.2f} {r['speedup']:8.2f} "
-            f"{ppl:8.2f} {ratio:6.3f}"
+            f"{r['model']:20s} {r['setting']:22s} {sp if sp is not None else nan:8.3f} {d['median']:8.2f} "
+            f"{d['iqr']:6.2f} {r.get('speedup', nan):8.2f} {r.get('perplexity', nan):8.2f} "
+            f"{r.get('ppl_ratio', nan):6.3f}"
         )
 
 
@@ -309,7 +411,8 @@ def print_profile(res: dict[str, Any]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", nargs="*", default=["kernels", "model", "profile"])
+    ap.add_argument("--sections", nargs="*", default=["kernels", "quality", "speed", "profile"],
+                    help="kernels, quality (perplexity; timing-free), speed (decode A/B; alone!), profile")  # fmt: skip
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
@@ -320,32 +423,43 @@ def main() -> None:
     ap.add_argument("--calib", default="../shared/data/wikitext-2/valid.txt")
     ap.add_argument("--calib-samples", type=int, default=16)
     ap.add_argument("--calib-seqlen", type=int, default=512)
-    ap.add_argument("--wikitext", default=None, help="path of wiki.test.raw (perplexity is skipped without it)")
+    ap.add_argument("--wikitext", default="../shared/data/wikitext-2-raw/wiki.test.raw", help="wiki.test.raw")
     ap.add_argument("--ppl-windows", type=int, default=40)
     ap.add_argument("--ppl-seqlen", type=int, default=512)
     ap.add_argument("--levels", nargs="*", type=float, default=list(LEVELS))
     ap.add_argument("--allocations", nargs="*", default=["uniform", "greedy"])
-    ap.add_argument("--sparse-kernels", default="auto")
+    ap.add_argument("--pruned-allocations", nargs="*", default=["greedy"], help="allocations on pruned models")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--gen-len", type=int, default=64)
     ap.add_argument("--pruned", action="store_true", help="also Wanda-50%%, structured MLP-25%% and weight-sparse")
     ap.add_argument("--weight-model-sparsities", nargs="*", type=float, default=[0.5, 0.7, 0.8])
     ap.add_argument("--profile-level", type=float, default=0.5)
+    ap.add_argument("--sparse-kernels", default="auto", help="activation kernels of the profile section")
+    ap.add_argument("--cache", default="bench/out/activation_sparsity", help="pruned models, threshold tables")
+    ap.add_argument("--rows", default="bench/results/activation_sparsity", help="one JSON per result row")
     ap.add_argument("--json", default="bench/results/activation_sparsity.json")
     args = ap.parse_args()
-    args.levels = [v for v in args.levels if not math.isnan(v)]
+    args.levels = [v for v in args.levels if not math.isnan(v) and v > 0]
     threads = set_threads(args.threads)
-    result: dict[str, Any] = {"environment": environment(), "threads": threads, "args": vars(args)}
+    rows = Path(args.rows)
     if "kernels" in args.sections:
-        result["kernels"] = kernel_section(args)
-        print_kernels(result["kernels"])
-    if "model" in args.sections:
-        result["model"] = model_section(args)
-        print_models(result["model"])
+        write_json_atomic(rows / "kernels.json", {"environment": environment(), "threads": threads,
+                                                   "kernels": kernel_section(args)})  # fmt: skip
+    if (rows / "kernels.json").exists():
+        print_kernels(json.loads((rows / "kernels.json").read_text())["kernels"])
+    if "quality" in args.sections:
+        quality_section(args)
+    if "speed" in args.sections:
+        speed_section(args)
     if "profile" in args.sections:
-        result["profile"] = profile_section(args)
-        print_profile(result["profile"])
+        write_json_atomic(rows / "profile.json", {"environment": environment(), "threads": threads,
+                                                   "profile": profile_section(args)})  # fmt: skip
+    model_rows = collect_rows(args)
+    print_models(model_rows)
+    if (rows / "profile.json").exists():
+        print_profile(json.loads((rows / "profile.json").read_text())["profile"])
+    result = {"environment": environment(), "threads": threads, "args": vars(args), "model": model_rows}
     write_json_atomic(Path(args.json), json.loads(json.dumps(result, default=str)))
     print(f"\nwrote {args.json}")
 
