@@ -29,7 +29,9 @@ class RecoverConfig(StrictModel):
     batch_size: int = Field(4, ge=1, description="windows per process per micro-step")
     grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
     lr: float | None = Field(None, gt=0, description="peak learning rate; default 1e-4 full weights, 2e-4 LoRA")
-    schedule: Literal["constant", "cosine"] = Field("cosine", description="lr after a linear warmup over 1/20 of the steps")
+    schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="lr after a linear warmup over 1/20 of the steps"
+    )
     adapter: Adapter | None = Field(None, description="train all weights (full) or LoRA adapters merged back; "
                                     "default full for distill, lora for lora")  # fmt: skip
     lora_rank: int = Field(8, ge=1, description="LoRA rank")
