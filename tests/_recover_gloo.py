@@ -1,21 +1,21 @@
-"""Run recovery in 2 CPU processes (gloo) and save rank 0's final weights: argv = repo tests dir, out file."""
+"""One rank of the two-process recovery test (tests/test_recover.py): argv = rank, port, output file.
+
+Started twice by the test as plain processes; accelerate reads the torchrun-style variables set here and joins
+the gloo group, so this is the path `accelerate launch` takes on CPUs."""
+
 import os
 import sys
 
-import torch
-import torch.multiprocessing as mp
+rank, port, out = sys.argv[1], sys.argv[2], sys.argv[3]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank, LOCAL_RANK=rank, WORLD_SIZE="2",
+                  LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")  # fmt: skip
+sys.path.insert(0, os.getcwd())
 
+import torch  # noqa: E402
 
-def work(rank: int, out: str, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
-    torch.set_num_threads(1)
-    sys.path.insert(0, os.getcwd())
-    from tests.test_recover import distributed_case
-    sd = distributed_case(world=2)
-    if rank == 0:
-        torch.save(sd, out)
+from tests.test_recover import distributed_case  # noqa: E402
 
-
-if __name__ == "__main__":
-    mp.spawn(work, args=(sys.argv[1], int(sys.argv[2])), nprocs=2, join=True)
+torch.set_num_threads(1)
+state = distributed_case(world=2)
+if rank == "0":
+    torch.save(state, out)
