@@ -48,7 +48,8 @@ def check_output_or_resume(output: str | Path | None, overwrite: bool) -> None:
 
 
 def check_teacher(student: nn.Module, teacher: nn.Module, s_tok: Any, t_tok: Any) -> None:
-    s, t = student.config, teacher.config
+    s: Any = student.config
+    t: Any = teacher.config
     if s.model_type != t.model_type:
         raise PrunelabError(f"teacher is a '{t.model_type}' model, the student a '{s.model_type}' one; distill "
                             "from the dense model the student was pruned from")  # fmt: skip

@@ -33,7 +33,8 @@ def register(sub: Any) -> None:
     add_field(p, ModelConfig, "device")
     p.add_argument("--json", dest="json_path", default=None, help="write the machine-readable report here")
     for name in FIELDS:
-        add_field(p, RecoverConfig, name, **({"default": None, "required": True} if name == "tokens" else {}))
+        required: dict[str, Any] = {"default": None, "required": True} if name == "tokens" else {}
+        add_field(p, RecoverConfig, name, **required)
     p.set_defaults(run=run)
 
 

@@ -35,7 +35,7 @@ class RecoverConfig(StrictModel):
     adapter: Adapter | None = Field(None, description="train all weights (full) or LoRA adapters merged back; "
                                     "default full for distill, lora for lora")  # fmt: skip
     lora_rank: int = Field(8, ge=1, description="LoRA rank")
-    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 x rank")
+    lora_alpha: int | None = Field(None, gt=0, description="LoRA alpha; default 2 x rank")
     temperature: float = Field(1.0, gt=0, description="distillation temperature T (the loss is scaled by T^2)")
     hidden_mse: float = Field(0.0, ge=0, description="weight of the hidden-state MSE at matched blocks (0 = off)")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def lr_at(step: int, steps: int, peak: float, schedule: str) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, seed: int) -> nn.Module:
+def add_lora(model: nn.Module, rank: int, alpha: int, seed: int) -> nn.Module:
     """peft LoRA on every Linear/Conv1D inside the decoder blocks (lm_head and embeddings stay as they are)."""
     try:
         from peft import LoraConfig, get_peft_model
@@ -86,7 +86,7 @@ def merge_lora(peft_model: nn.Module, model: nn.Module) -> None:
 class _Student(nn.Module):
     """The trained module (what DDP wraps): the student and the hidden-state projections."""
 
-    def __init__(self, lm: nn.Module, blocks: Sequence[nn.Module], match: HiddenMatch | None) -> None:
+    def __init__(self, lm: nn.Module, blocks: Iterable[nn.Module], match: HiddenMatch | None) -> None:
         super().__init__()
         self.lm, self.match = lm, match
         self._blocks = list(blocks)
@@ -138,7 +138,8 @@ def recover(
         t_blocks = find_blocks(teacher)[1]
         t_keep = layer_map(len(blocks), len(t_blocks), removed_layers)
         if cfg.hidden_mse:
-            s_width, t_width = student.config.hidden_size, teacher.config.hidden_size
+            s_width: int = getattr(student.config, "hidden_size")  # noqa: B009
+            t_width: int = getattr(teacher.config, "hidden_size")  # noqa: B009
             torch.manual_seed(cfg.seed)
             match = HiddenMatch(s_width, t_width, len(blocks))
         teacher.eval().requires_grad_(False).to(acc.device)
@@ -226,7 +227,7 @@ def _loss(model: nn.Module, teacher: nn.Module | None, t_keep: list[int] | None,
           cfg: RecoverConfig) -> torch.Tensor:  # fmt: skip
     if cfg.mode == "lora" or teacher is None:
         return next_token_loss(model(ids)[0], ids)
-    with torch.no_grad(), block_outputs(find_blocks(teacher)[1], t_keep if cfg.hidden_mse else []) as t_hidden:
+    with torch.no_grad(), block_outputs(list(find_blocks(teacher)[1]), t_keep if cfg.hidden_mse else []) as t_hidden:
         t_logits = teacher(input_ids=ids, use_cache=False).logits
     logits, mse = model(ids, list(t_hidden) if cfg.hidden_mse else None)
     loss = kl_loss(logits, t_logits, cfg.temperature)
