@@ -20,6 +20,7 @@ from prunelab.pruning import make_pruner
 from prunelab.pruning.run import check_sources, prune, prune_report, sparsity_report
 from prunelab.streaming import prune_streaming
 from prunelab.training.checkpoint import only_checkpoint
+from prunelab.training.recover import is_main_process
 
 
 def prune_job(
@@ -61,7 +62,8 @@ def prune_job(
     result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
     recovery = None
     if recover is not None:
-        pruned_ppl = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev else {}
+        pruned_ppl = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev and ppl \
+            else {}  # fmt: skip
         identity = {"model": lm.source, "prune": cfg.model_dump(), "teacher": teacher}
         recovery = recover_model(lm.model, lm.tokenizer, recover, dense, output, result.extra.get("removed_layers"),
                                  identity)  # fmt: skip
@@ -81,6 +83,8 @@ def prune_job(
             # Relative degradation per corpus: pruning calibrated on one kind of text can hurt another far more.
             report["perplexity_change"] = {k: v / before[k] - 1 for k, v in report["perplexity"].items()}
         report["perplexity_eval"] = {k: v.to_dict() for k, v in after.items()}
+    if recovery is not None and not is_main_process():  # `accelerate launch`: the first process saves
+        return report
     if output:
         meta = {k: v for k, v in report.items() if k != "perplexity_eval"}
         save_model(lm.model, lm.tokenizer, output, meta, overwrite or only_checkpoint(output))

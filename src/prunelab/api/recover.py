@@ -27,7 +27,7 @@ from prunelab.errors import PrunelabError
 from prunelab.models import check_output, check_seqlen, load_model, save_model
 from prunelab.pruning import get_method
 from prunelab.training.checkpoint import only_checkpoint
-from prunelab.training.recover import recover
+from prunelab.training.recover import is_main_process, recover
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ def recover_job(
                            {"student": str(folder.resolve()), "teacher": teacher})  # fmt: skip
     record["teacher"] = teacher
     report = {**meta, "recovery": record, "recovered_from": str(folder)}
+    if not is_main_process():
+        return report
     save_model(student.model, student.tokenizer, out, report, overwrite or only_checkpoint(out))
     report["output"] = str(out)
     report["total_seconds"] = time.perf_counter() - started

@@ -99,6 +99,13 @@ class _Student(nn.Module):
         return logits, mse
 
 
+def is_main_process() -> bool:
+    """Under `accelerate launch` every process runs the whole job; only the first one writes the output."""
+    from accelerate import PartialState
+
+    return bool(PartialState().is_main_process)
+
+
 def _accelerator(device: torch.device, dtype: str) -> Any:
     from accelerate import Accelerator
 
@@ -201,6 +208,11 @@ def recover(
                 acc.wait_for_everyone()
             if on_step is not None:
                 on_step(done)
+    except KeyboardInterrupt:
+        if checkpoint_dir and (Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR / ckpt.STATE).exists():
+            log.warning("recovery stopped; its checkpoint stays in %s: rerun the same command to resume",
+                        Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR)  # fmt: skip
+        raise
     finally:
         bar.close()
         if cfg.trains == "lora":
