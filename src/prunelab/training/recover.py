@@ -160,7 +160,9 @@ def recover(
     losses: list[float] = []
     start, seconds_before = 0, 0.0
     if state is not None:
-        module.load_state_dict(state["trained"], strict=False)
+        unexpected = module.load_state_dict(state["trained"], strict=False).unexpected_keys
+        if unexpected or set(state["trained"]) != set(trained):
+            raise PrunelabError(f"recovery checkpoint in {checkpoint_dir} does not fit this model; remove it")
         optim.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         start, losses, seconds_before = state["step"], state["losses"], state["seconds"]
