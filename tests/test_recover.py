@@ -139,6 +139,17 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path: Path, mod
         recover(pruned()[0], other, data, teacher, tmp_path / "b")
 
 
+def test_gradient_accumulation_matches_the_larger_batch() -> None:
+    teacher, data, states = make_model("llama"), windows(4), []
+    for batch, accum in ((2, 1), (1, 2)):
+        student, _ = pruned()
+        recover(student, RecoverConfig(tokens=2 * 2 * 16, seqlen=16, batch_size=batch, grad_accum=accum, lr=3e-3),
+                data, teacher)  # fmt: skip
+        states.append(student.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[1][k], states[0][k], atol=1e-5, rtol=1e-4)
+
+
 def distributed_case(world: int) -> dict[str, torch.Tensor]:
     """The same global batch of 2 windows per step: one process x 2 windows or two processes x 1 window."""
     student, _ = pruned()
