@@ -37,6 +37,16 @@ BATCH_SIZE = r"(--)?batch.size(: Input should be greater than or equal to 1| mus
 BEFORE_WORK = r"cannot be written|is a folder; give a file name|nothing can be created under it|is an existing file"
 
 
+def _other_vocab() -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import tiny_config
+
+    config = tiny_config("llama")
+    config.vocab_size = 400
+    return AutoModelForCausalLM.from_config(config)
+
+
 def wiring(what: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"needs CLI wiring: {what}")
 
@@ -53,6 +63,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     st = trunc / "model.safetensors"
     with open(st, "r+b") as f:
         f.truncate(st.stat().st_size // 2)
+    for name, model in (("gpt2", make_model("gpt2")), ("vocab400", _other_vocab())):
+        model.save_pretrained(base / name)
+        make_tokenizer().save_pretrained(base / name)
+    masked = base / "masked"
+    make_model("llama").save_pretrained(masked)
+    (masked / "prunelab.json").write_text('{"config": {"method": "wanda"}, "kind": "mask"}')
     noconfig = base / "noconfig"
     noconfig.mkdir()
     (base / "random.gguf").write_bytes(os.urandom(4096))
@@ -94,7 +110,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         ro_path.mkdir()
         ro_path.chmod(0o555)
         ro = str(ro_path)
-    return {"base": str(base), "tiny": str(tiny), "trunc_st": str(trunc), "ro": ro, "noconfig": str(noconfig)}
+    return {"base": str(base), "tiny": str(tiny), "gpt2": str(base / "gpt2"), "vocab400": str(base / "vocab400"),
+            "masked": str(masked), "trunc_st": str(trunc), "ro": ro, "noconfig": str(noconfig)}
 
 
 M = ["--model", "{tiny}"]
@@ -106,6 +123,10 @@ def prune(method: str = "magnitude", sparsity: str = "0.5") -> list[str]:
 
 
 P = prune()
+SP = [*prune("structured", "0.25"), "--target", "mlp", "--calib", "{base}/corpus.txt", "--calib-samples", "1",
+      "--calib-seqlen", "16"]  # fmt: skip
+R = ["recover", "{tiny}", "--teacher", "{tiny}", "--data", "{base}/corpus.txt", "--seqlen", "16", "--tokens", "32",
+     "--out", "{base}/rec-out"]  # fmt: skip
 E = ["eval", *M, "--ppl", "{base}/corpus.txt", "--seqlen", "16", "--max-windows", "1"]
 B = ["bench", *M, "--prompt-len", "8", "--gen-len", "2", "--batch", "1", "--repeats", "1", "--warmup", "0", "--no-size"]
 T = ["train-aware", "--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "1", "--eval-windows", "1"]
@@ -196,6 +217,23 @@ CASES = [
         [*prune("trajectory"), "--option", "tracker={base}/bad.trajectory"],
         "cannot read trajectory file",
     ),
+    # --- recovery (prune --recover, prunelab recover)
+    ("prune-recover-non-structured", [*P, "--recover", "distill", "--recover-tokens", "32"], "structured pruning"),
+    ("prune-recover-tokens-0", [*SP, "--recover", "distill", "--recover-tokens", "0"], "tokens"),
+    ("prune-recover-no-budget", [*SP, "--recover", "lora"], "--recover-tokens"),
+    ("prune-recover-flag-without-mode", [*SP, "--recover-tokens", "32"], "need --recover"),
+    ("prune-recover-teacher-family", [*SP, "--recover", "distill", "--recover-tokens", "32", "--teacher", "{gpt2}"],
+     "'gpt2' model"),
+    ("prune-recover-output-exists", [*SP, "--recover", "distill", "--recover-tokens", "32", "--output",
+     "{base}/existing-out"], "already exists"),
+    ("recover-tokens-0", [*R[:-4], "--tokens", "0"], "tokens"),
+    ("recover-tokens-negative", [*R[:-4], "--tokens", "-5"], "tokens"),
+    ("recover-teacher-other-vocab", [*R[:2], "--teacher", "{vocab400}", *R[4:]], "different vocabularies"),
+    ("recover-teacher-other-family", [*R[:2], "--teacher", "{gpt2}", *R[4:]], "'gpt2' model"),
+    ("recover-masked-folder", ["recover", "{masked}", *R[2:]], "structured pruning"),
+    ("recover-distill-without-teacher", [R[0], R[1], *R[4:]], "needs --teacher"),
+    ("recover-output-exists", [*R[:-1], "{base}/existing-out"], "already exists"),
+    ("recover-not-a-model", ["recover", "{noconfig}", *R[2:]], "no config.json"),
     # --- eval
     ("eval-random-gguf", ["eval", "--model", "{base}/random.gguf"], "not a GGUF file"),
     ("eval-truncated-safetensors", ["eval", "--model", "{trunc_st}", *E[3:]], "could not load model"),
@@ -302,7 +340,7 @@ SUBPROCESS = {
     "prune-json-is-folder", "prune-unreadable-tracker", "eval-truncated-safetensors", "eval-tasks-only-commas",
     "bench-grid-intensity-inf", "bench-empty-gguf", "sweep-broken-model", "sweep-out-under-file",
     "report-corrupt-sqlite", "report-budget-nan", "report-html-is-folder", "train-aware-lr-inf",
-    "train-aware-json-is-folder", "unknown-subcommand",
+    "train-aware-json-is-folder", "unknown-subcommand", "recover-teacher-other-vocab",
 }  # fmt: skip
 
 

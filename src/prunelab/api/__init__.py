@@ -13,6 +13,7 @@ from prunelab.api.bench import bench, bench_job
 from prunelab.api.evaluate import eval_job, evaluate
 from prunelab.api.export import export_job
 from prunelab.api.prune import prune_job, prune_streaming_job
+from prunelab.api.recover import recover_job
 from prunelab.api.runtime import calibrate_activations_job, generate_job, load_for_run
 from prunelab.api.sweep import plan_sweep, report_job, sweep_job
 from prunelab.api.train_aware import train_aware_job
@@ -34,6 +35,7 @@ __all__ = [
     "prune",
     "prune_job",
     "prune_streaming_job",
+    "recover_job",
     "report_job",
     "sparsity_report",
     "sweep_job",

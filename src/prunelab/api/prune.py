@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
+from prunelab import data
 from prunelab._util import peak_rss_mb, write_json_atomic
 from prunelab.api.evaluate import evaluate, ppl_values
+from prunelab.api.recover import check_method, check_output_or_resume, load_teacher, recover_model
 from prunelab.config.evaluation import EvalConfig
 from prunelab.config.models import ModelConfig
 from prunelab.config.prune import PruneConfig
+from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import check_output, check_seqlen, load_model, save_model
 from prunelab.pruning import make_pruner
 from prunelab.pruning.run import check_sources, prune, prune_report, sparsity_report
 from prunelab.streaming import prune_streaming
+from prunelab.training.checkpoint import only_checkpoint
+from prunelab.training.recover import is_main_process
 
 
 def prune_job(
@@ -25,11 +31,19 @@ def prune_job(
     overwrite: bool = False,
     evaluate_before: bool = True,
     json_path: str | None = None,
+    recover: RecoverConfig | None = None,
+    teacher: str | None = None,
 ) -> dict[str, Any]:
-    """Load, evaluate (`ev`; None = no perplexity), prune, evaluate, save. Returns the JSON report."""
+    """Load, evaluate (`ev`; None = no perplexity), prune, [recover (api/recover.py)], evaluate, save. Returns the
+    JSON report. `teacher`: the dense model to distill from; default the input model as loaded, before pruning."""
     source = source or ModelConfig()
-    check_output(output, overwrite)
     pruner = make_pruner(cfg)  # validate method, pattern, sparsity and options before any heavy work
+    if recover is not None:
+        check_method(cfg.method)
+        check_output_or_resume(output, overwrite)
+        data.check_source(recover.data)
+    else:
+        check_output(output, overwrite)
     ppl = list(ev.ppl) if ev is not None else []
     check_sources(pruner, ppl)
     started = time.perf_counter()
@@ -41,12 +55,26 @@ def prune_job(
         check_seqlen(lm.model, ev.seqlen)
         if evaluate_before:
             before = ppl_values(evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size))
+    dense = None
+    if recover is not None and recover.mode == "distill":
+        dense = load_teacher(teacher, source, lm) if teacher else copy.deepcopy(lm.model)
     rss_before_prune = peak_rss_mb()
     result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
+    recovery = None
+    if recover is not None:
+        pruned_ppl = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev and ppl \
+            else {}  # fmt: skip
+        identity = {"model": lm.source, "prune": cfg.model_dump(), "teacher": teacher}
+        recovery = recover_model(lm.model, lm.tokenizer, recover, dense, output, result.extra.get("removed_layers"),
+                                 identity)  # fmt: skip
+        recovery.update(teacher=teacher or lm.source, perplexity_before_recovery=ppl_values(pruned_ppl))
+        del dense
     after = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev and ppl else {}
     report = prune_report(
         lm.source, cfg, result, pruner.needs_calibration, load_seconds, rss_before_prune, sparsity_report(lm.model)
     )
+    if recovery is not None:
+        report["recovery"] = recovery
     if before:
         report["perplexity_before"] = before
     if after:
@@ -55,9 +83,11 @@ def prune_job(
             # Relative degradation per corpus: pruning calibrated on one kind of text can hurt another far more.
             report["perplexity_change"] = {k: v / before[k] - 1 for k, v in report["perplexity"].items()}
         report["perplexity_eval"] = {k: v.to_dict() for k, v in after.items()}
+    if recovery is not None and not is_main_process():  # `accelerate launch`: the first process saves
+        return report
     if output:
         meta = {k: v for k, v in report.items() if k != "perplexity_eval"}
-        save_model(lm.model, lm.tokenizer, output, meta, overwrite)
+        save_model(lm.model, lm.tokenizer, output, meta, overwrite or only_checkpoint(output))
         report["output"] = str(output)
     report["total_seconds"] = time.perf_counter() - started
     if json_path:

@@ -14,11 +14,23 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from prunelab import _util
-from prunelab.cli import bench, calibrate, evaluate, export, generate, methods, prune, report, sweep, train_aware
+from prunelab.cli import (
+    bench,
+    calibrate,
+    evaluate,
+    export,
+    generate,
+    methods,
+    prune,
+    recover,
+    report,
+    sweep,
+    train_aware,
+)
 from prunelab.cli._base import Formatter, Parser
 from prunelab.errors import PrunelabError
 
-SUBCOMMANDS = (prune, evaluate, bench, export, calibrate, generate, train_aware, sweep, report, methods)
+SUBCOMMANDS = (prune, recover, evaluate, bench, export, calibrate, generate, train_aware, sweep, report, methods)
 
 
 def _version() -> str:

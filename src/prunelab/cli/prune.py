@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from prunelab.cli._base import add_field, model_args, model_config, values
+from prunelab.cli.recover import print_recovery, recover_args, recover_config
 from prunelab.config.base import build
 from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
 from prunelab.config.methods import StructuredOptions
@@ -51,6 +52,7 @@ def register(sub: Any) -> None:
     )
     add_field(p, EvalConfig, "seqlen")
     add_field(p, EvalConfig, "max_windows", default=PRUNE_EVAL_WINDOWS)
+    recover_args(p)
     p.set_defaults(run=run)
 
 
@@ -89,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = prune_config(args)
     source = model_config(args)
+    recovery = recover_config(args)
+    if recovery is not None and (args.streaming or args.device_map):
+        raise PrunelabError("--recover needs the whole model in memory on one device (no --streaming/--device-map)")
     if args.streaming:
         if args.ppl or args.device_map:
             flag = "--ppl (evaluate the output with `prunelab eval`)" if args.ppl else "--device-map"
@@ -98,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         ppl = ["shakespeare"] if args.ppl is None else args.ppl
         ev_fields = {"ppl": ppl, "seqlen": args.seqlen, "max_windows": args.max_windows}
         ev = build(EvalConfig, ev_fields, "evaluation settings") if ppl else None
-        report = api.prune_job(cfg, source, ev, args.output, args.overwrite, not args.no_eval_before, args.json_path)
+        report = api.prune_job(cfg, source, ev, args.output, args.overwrite, not args.no_eval_before, args.json_path,
+                               recovery, args.teacher)  # fmt: skip
     print_prune(report)
     return 0
 
@@ -119,6 +125,8 @@ def print_prune(report: dict[str, Any]) -> None:
             f"achieved {report['achieved_sparsity']:.4f} of {report['prunable_params']:,} prunable weights "
             f"in {report['prune_seconds']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MiB"
         )
+    if report.get("recovery"):
+        print_recovery(report["recovery"])
     for source, value in after.items():
         b = before.get(source)
         change = f"{b:.3f} -> {value:.3f} ({(value / b - 1) * 100:+.1f}%)" if b else f"{value:.3f}"

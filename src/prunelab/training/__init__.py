@@ -2,6 +2,8 @@
 the framework-free callback (and `hf.TrajectoryTrainerCallback` for a Hugging Face Trainer, a separate module
 because importing the Trainer costs seconds), and the small-transformer training loop of the reproduction
 (`small_lm`). Nothing here imports `prunelab.pruning`: the trajectory method reads this state, not the other way.
+Also the one recovery loop after structured pruning (`recover.py`, `distill.py`, `checkpoint.py`; imported on
+demand: it pulls in accelerate), which both `pruning.structured` and `api` call.
 """
 
 from prunelab.training.callbacks import TrajectoryCallback

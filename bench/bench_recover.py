@@ -1,0 +1,143 @@
+"""Recovery after structured pruning (issue 16): perplexity before and after distillation at several token budgets,
+against LoRA next-token fine-tuning at the same tokens, with the decode speedup and the cost of recovery.
+
+Rows: for each target (default mlp+heads and layers, 25% of decoder-block parameters) the pruned model, then
+(mode, budget) for mode distill / lora and each budget. Perplexity: the first 40 x 512-token windows of WikiText-2
+test (--wikitext) and the held-out Shakespeare split; training text: --data (its calibration split). Decode
+speedup: each saved folder against the dense model, A/B in this process, through `prunelab.measurement.latency`.
+Each row is one JSON file under --out/rows (atomic; done rows are skipped), and a row's recovery checkpoints in
+its model folder, so a killed run resumes where it stopped. Run on a quiet machine:
+
+    nice -n 10 python bench/bench_recover.py --wikitext ../shared/data/wikitext-2-raw/wiki.test.raw
+    python bench/bench_recover.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab import PruneConfig, evaluate, load_model, prune
+from prunelab._util import write_json_atomic
+from prunelab.api.recover import recover_model
+from prunelab.config.recover import RecoverConfig
+from prunelab.measurement.latency import decode
+from prunelab.models import save_model
+
+
+def ppl(model: torch.nn.Module, tok: Any, args: argparse.Namespace) -> dict[str, float]:
+    sources = [*([f"wikitext2:{args.wikitext}"] if args.wikitext else []), "shakespeare"]
+    res = evaluate(model, tok, sources, seqlen=args.eval_seqlen, max_windows=args.max_windows)
+    return {("wikitext2" if k.startswith("wikitext2") else k): v.perplexity for k, v in res.items()}
+
+
+def decode_speedup(dense: torch.nn.Module, model: torch.nn.Module, args: argparse.Namespace) -> dict[str, float]:
+    """Median decode tokens/s of dense and model, alternated `rounds` times (load hits both sides alike)."""
+    d, m = [], []
+    for _ in range(args.rounds):
+        for side, out in ((dense, d), (model, m)):
+            measured, _ = decode(side, 16, args.new_tokens, warmup=1, repeats=args.repeats)
+            out.append(measured.stats.median)
+    return {"dense_decode_tok_s": statistics.median(d), "decode_tok_s": statistics.median(m),
+            "decode_speedup": statistics.median(m) / statistics.median(d)}  # fmt: skip
+
+
+def row_path(out: Path, name: str) -> Path:
+    return out / "rows" / f"{name.replace('+', '-')}.json"
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    lm = load_model(args.model)
+    dense, tok = lm.model, lm.tokenizer
+    if not row_path(out, "dense").exists():
+        write_json_atomic(row_path(out, "dense"), {"name": "dense", "ppl": ppl(dense, tok, args),
+                          "params": sum(p.numel() for p in dense.parameters())})  # fmt: skip
+    for target in args.targets:
+        folder = out / "models" / f"{target.replace('+', '-')}-pruned"
+        if not (folder / "prunelab.json").exists():
+            student = copy.deepcopy(dense)
+            cfg = PruneConfig(method="structured", sparsity=args.sparsity, calib_samples=8, calib_seqlen=args.seqlen,
+                              calib=args.data, options={"target": target})  # fmt: skip
+            result = prune(student, cfg, tokenizer=tok)
+            save_model(student, tok, folder, {"removed_layers": result.extra["removed_layers"],
+                       "achieved_reduction": result.extra["achieved_reduction"]}, overwrite=True)  # fmt: skip
+        meta = json.loads((folder / "prunelab.json").read_text())
+        if not row_path(out, f"{target}-pruned").exists():
+            pruned = load_model(str(folder)).model
+            write_json_atomic(row_path(out, f"{target}-pruned"), {"name": f"{target} pruned", **meta,
+                              "ppl": ppl(pruned, tok, args), **speed(dense, pruned, args)})  # fmt: skip
+        for mode in args.modes:
+            for budget in args.budgets:
+                name = f"{target}-{mode}-{budget}"
+                if row_path(out, name).exists():
+                    continue
+                student = load_model(str(folder)).model
+                cfg = RecoverConfig(mode=mode, tokens=budget, data=args.data, seqlen=args.seqlen,
+                                    batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)  # fmt: skip
+                saved = out / "models" / name.replace("+", "-")
+                rec = recover_model(student, tok, cfg, dense if mode == "distill" else None, saved,
+                                    meta.get("removed_layers"), {"bench": name})  # fmt: skip
+                save_model(student, tok, saved, {**meta, "recovery": rec}, overwrite=True)
+                rec.pop("losses")
+                row = {"name": name, "target": target, "mode": mode, "tokens": budget, "ppl": ppl(student, tok, args)}
+                write_json_atomic(row_path(out, name), {**row, **speed(dense, student, args), "recovery": rec})
+                print_table(read_rows(out))
+
+
+def speed(dense: torch.nn.Module, model: torch.nn.Module, args: argparse.Namespace) -> dict[str, float]:
+    return {} if args.no_speed else decode_speedup(dense, model, args)
+
+
+def read_rows(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'row':34s} {'wikitext2':>10s} {'shakesp.':>9s} {'speedup':>8s} {'loss last':>10s} {'wall s':>8s} "
+          f"{'tok/s':>8s}")  # fmt: skip
+    for r in rows:
+        rec, p = r.get("recovery") or {}, r.get("ppl", {})
+        cells = [p.get("wikitext2", float("nan")), p.get("shakespeare", float("nan")),
+                 r.get("decode_speedup", float("nan")), rec.get("loss_last10_mean", float("nan")),
+                 rec.get("seconds", float("nan")), rec.get("tokens_per_second", float("nan"))]  # fmt: skip
+        print(f"{r['name']:34s} {cells[0]:10.2f} {cells[1]:9.2f} {cells[2]:8.3f} {cells[3]:10.4f} {cells[4]:8.1f} "
+              f"{cells[5]:8.0f}")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--wikitext", default=None, help="wiki.test.raw for the WikiText-2 perplexity")
+    ap.add_argument("--data", default="shakespeare", help="recovery and calibration text (its calibration split)")
+    ap.add_argument("--targets", nargs="+", default=["mlp+heads", "layers"])
+    ap.add_argument("--sparsity", type=float, default=0.25)
+    ap.add_argument("--modes", nargs="+", default=["distill", "lora"])
+    ap.add_argument("--budgets", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--checkpoint-every", type=int, default=50)
+    ap.add_argument("--eval-seqlen", type=int, default=512)
+    ap.add_argument("--max-windows", type=int, default=40)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-speed", action="store_true", help="skip the decode timings (rehearsals)")
+    ap.add_argument("--out", default="bench/out/recover")
+    ap.add_argument("--table", action="store_true", help="print the table of the rows so far")
+    args = ap.parse_args()
+    if not args.table:
+        torch.set_num_threads(args.threads)
+        run(args)
+    print_table(read_rows(Path(args.out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Recovery after structured pruning: `prunelab recover PRUNED_DIR` and the `--recover` step of `prunelab prune`.
+
+Both go through `recover_model` (checks, training windows, the one loop in `prunelab.training.recover`). Checks
+come before any training: the budget (typed config), a method that changes shapes (recovery of a masked model
+would train the zeros back), the teacher's family and vocabulary (KL between distributions over different token
+sets is meaningless), the output. The output folder doubles as the checkpoint's home: a folder holding only
+`.recover-checkpoint/` is an interrupted run, resumed by rerunning the same command, and replaced atomically by
+the finished model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab import data
+from prunelab._util import write_json_atomic
+from prunelab.config.models import ModelConfig
+from prunelab.config.recover import RecoverConfig
+from prunelab.errors import PrunelabError
+from prunelab.models import check_output, check_seqlen, load_model, save_model
+from prunelab.pruning import get_method
+from prunelab.training.checkpoint import only_checkpoint
+from prunelab.training.recover import is_main_process, recover
+
+log = logging.getLogger(__name__)
+
+
+def check_method(method: str) -> None:
+    """Recovery belongs to methods that remove units (decided by the capability, not the name)."""
+    if not get_method(method).capabilities.changes_shapes:
+        raise PrunelabError(
+            f"recovery applies to structured pruning (a method that removes units); '{method}' keeps the dense "
+            "shapes with zeroed weights, which training would fill back in"
+        )
+
+
+def check_output_or_resume(output: str | Path | None, overwrite: bool) -> None:
+    """An existing output is refused unless --overwrite, or unless it holds only a checkpoint to resume."""
+    if not only_checkpoint(output):
+        check_output(output, overwrite)
+
+
+def check_teacher(student: nn.Module, teacher: nn.Module, s_tok: Any, t_tok: Any) -> None:
+    s: Any = student.config
+    t: Any = teacher.config
+    if s.model_type != t.model_type:
+        raise PrunelabError(f"teacher is a '{t.model_type}' model, the student a '{s.model_type}' one; distill "
+                            "from the dense model the student was pruned from")  # fmt: skip
+    same_vocab = s.vocab_size == t.vocab_size and (
+        s_tok is None or t_tok is None or s_tok.get_vocab() == t_tok.get_vocab()
+    )
+    if not same_vocab:
+        raise PrunelabError(
+            f"teacher and student have different vocabularies ({t.vocab_size} vs {s.vocab_size} tokens or other "
+            "token ids); distillation compares distributions over one vocabulary"
+        )
+
+
+def training_windows(model: nn.Module, tokenizer: Any, cfg: RecoverConfig) -> torch.Tensor:
+    """Non-overlapping (n, seqlen) windows of the source's calibration split (never its evaluation split)."""
+    check_seqlen(model, cfg.seqlen)
+    ids = data.tokenize(tokenizer, data.load_text(cfg.data, split="calib").text)
+    return data.eval_windows(ids, cfg.seqlen)
+
+
+def recover_model(
+    student: nn.Module,
+    tokenizer: Any,
+    cfg: RecoverConfig,
+    teacher: nn.Module | None,
+    output: str | Path | None,
+    removed_layers: list[int] | None = None,
+    identity: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `student` in float32 master weights (back to its dtype after), checkpointing under `output`."""
+    windows = training_windows(student, tokenizer, cfg)
+    dtype = next(student.parameters()).dtype
+    student.float()
+    try:
+        record = recover(student, cfg, windows, teacher, output, removed_layers, identity)
+    finally:
+        student.to(dtype)
+    return {**record, "data": cfg.data, "windows_available": windows.shape[0]}
+
+
+def _pruned_meta(folder: Path) -> dict[str, Any]:
+    path = folder / "prunelab.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PrunelabError(f"cannot read '{path}': {e}") from e
+    return meta
+
+
+def recover_job(
+    cfg: RecoverConfig,
+    pruned: str,
+    teacher: str | None = None,
+    output: str | None = None,
+    overwrite: bool = False,
+    json_path: str | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+) -> dict[str, Any]:
+    """Recover a folder pruned earlier; `teacher` (the dense model) is needed for mode distill. Returns the report,
+    also saved as the output's prunelab.json (the pruning record plus `recovery`)."""
+    started = time.perf_counter()
+    folder = Path(pruned)
+    if not (folder / "config.json").is_file():
+        raise PrunelabError(f"'{pruned}' is not a model folder (no config.json)")
+    meta = _pruned_meta(folder)
+    if meta.get("config", {}).get("method"):
+        check_method(meta["config"]["method"])
+    if cfg.mode == "distill" and teacher is None:
+        raise PrunelabError("mode distill needs --teacher (the dense model the folder was pruned from)")
+    out = Path(output) if output else folder.with_name(folder.name + "-recovered")
+    check_output_or_resume(out, overwrite)
+    data.check_source(cfg.data)
+    student = load_model(str(folder), dtype=dtype, device=device)
+    if student.tokenizer is None:
+        raise PrunelabError(f"'{pruned}' has no tokenizer; recovery reads text")
+    t_model = None
+    if cfg.mode == "distill":
+        t = load_model(teacher, dtype=dtype, device=device)
+        check_teacher(student.model, t.model, student.tokenizer, t.tokenizer)
+        t_model = t.model
+    removed = meta.get("removed_layers") or None
+    record = recover_model(student.model, student.tokenizer, cfg, t_model, out, removed,
+                           {"student": str(folder.resolve()), "teacher": teacher})  # fmt: skip
+    record["teacher"] = teacher
+    report = {**meta, "recovery": record, "recovered_from": str(folder)}
+    if not is_main_process():
+        return report
+    save_model(student.model, student.tokenizer, out, report, overwrite or only_checkpoint(out))
+    report["output"] = str(out)
+    report["total_seconds"] = time.perf_counter() - started
+    if json_path:
+        write_json_atomic(json_path, report)
+    return report
+
+
+def load_teacher(spec: str | None, source: ModelConfig, student: Any) -> nn.Module:
+    """`prune --teacher DIR`: the given dense model, checked against the (still dense) student before pruning."""
+    t = load_model(spec, dtype=source.dtype, device=source.device)
+    check_teacher(student.model, t.model, student.tokenizer, t.tokenizer)
+    return t.model
