@@ -21,7 +21,7 @@ from prunelab._util import environment, peak_rss_mb
 from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import check_seqlen, prunable_layers, weight_2d
-from prunelab.pruning import make_pruner
+from prunelab.pruning import make_pruner, owl_auto
 from prunelab.pruning.base import LayerwisePruner, Pruner, PruneResult
 from prunelab.pruning.blocks import BlockStore
 
@@ -58,10 +58,28 @@ def prune(
     """Prune `model` in place as `cfg` says. Calibration windows are built from `cfg.calib` when not given.
 
     With `store`, blocks come from it (`prunelab.streaming`); only block-local layer-wise methods take one.
+    OWL with lambda or M `auto` first searches them on held-out calibration windows (`prunelab.pruning.owl_auto`).
     """
     pruner = make_pruner(cfg, stages)
     if pruner.needs_calibration and calib is None:
         calib = calibration_windows(model, tokenizer, cfg)
+    if cfg.owl_auto and isinstance(pruner, LayerwisePruner) and not pruner.pattern.is_nm:  # N:M: OWL is uniform
+        if store is not None:
+            raise PrunelabError("--owl-lambda/--owl-m auto prune candidates of a model in memory, not --streaming")
+        assert calib is not None
+
+        def once(c: PruneConfig, windows: torch.Tensor) -> PruneResult:
+            seed(c.seed)
+            return make_pruner(c, stages).prune(model, windows)
+
+        chosen, record = owl_auto.search(model, cfg, pruner.sparsity, calib, once)
+        result = once(chosen, calib)
+        result.extra["owl_auto"] = record
+        result.notes.append(
+            f"owl auto: lambda {chosen.owl_lambda:g}, M {chosen.owl_m:g} chosen from {len(record['candidates'])} "
+            f"candidates by held-out calibration loss"
+        )
+        return result
     seed(cfg.seed)
     if store is None:
         return pruner.prune(model, calib if pruner.needs_calibration else None)
