@@ -163,6 +163,8 @@ class LayerwisePruner(Pruner):
         caps = self.capabilities
         if self.cfg.allocation == "owl" and not caps.needs_calibration:  # OWL's outlier ratios need activations
             caps = replace(caps, needs_calibration=True)
+        if self.cfg.owl_auto:  # the search prunes and scores whole-model candidates (`pruning.owl_auto`)
+            caps = replace(caps, block_local=False)
         return caps
 
     @abstractmethod

@@ -63,10 +63,10 @@ def prune(
     pruner = make_pruner(cfg, stages)
     if pruner.needs_calibration and calib is None:
         calib = calibration_windows(model, tokenizer, cfg)
+    if store is not None and (not isinstance(pruner, LayerwisePruner) or not pruner.caps.block_local):
+        raise PrunelabError(f"{describe(cfg)} does not prune block by block (it needs every weight at once)")
     if cfg.owl_auto and isinstance(pruner, LayerwisePruner) and not pruner.pattern.is_nm:  # N:M: OWL is uniform
-        if store is not None:
-            raise PrunelabError("--owl-lambda/--owl-m auto prune candidates of a model in memory, not --streaming")
-        assert calib is not None
+        assert calib is not None and store is None  # owl auto is not block-local (LayerwisePruner.caps)
 
         def once(c: PruneConfig, windows: torch.Tensor) -> PruneResult:
             seed(c.seed)
@@ -83,14 +83,14 @@ def prune(
     seed(cfg.seed)
     if store is None:
         return pruner.prune(model, calib if pruner.needs_calibration else None)
-    if not isinstance(pruner, LayerwisePruner) or not pruner.caps.block_local:
-        raise PrunelabError(f"{describe(cfg)} does not prune block by block (it needs every weight at once)")
+    assert isinstance(pruner, LayerwisePruner)
     return pruner.prune_blocks(model, store, calib if pruner.needs_calibration else None)
 
 
 def describe(cfg: PruneConfig) -> str:
     """'method magnitude scope=global': a method with its options, for messages."""
-    return " ".join([f"method '{cfg.method}'", *(f"{k}={v}" for k, v in cfg.options.items())])
+    auto = [f"{k}=auto" for k in ("owl_lambda", "owl_m") if cfg.owl_auto and getattr(cfg, k) == "auto"]
+    return " ".join([f"method '{cfg.method}'", *(f"{k}={v}" for k, v in cfg.options.items()), *auto])
 
 
 def sparsity_report(model: nn.Module) -> dict[str, Any]:
