@@ -9,6 +9,7 @@ check), seed, run the method on the model in memory or on a block store.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -72,8 +73,10 @@ def prune(
             seed(c.seed)
             return make_pruner(c, stages).prune(model, windows)
 
+        started = time.perf_counter()
         chosen, record = owl_auto.search(model, cfg, pruner.sparsity, calib, once)
         result = once(chosen, calib)
+        result.seconds = time.perf_counter() - started  # the search is part of what this prune cost
         result.extra["owl_auto"] = record
         result.notes.append(
             f"owl auto: lambda {chosen.owl_lambda:g}, M {chosen.owl_m:g} chosen from {len(record['candidates'])} "
