@@ -92,3 +92,11 @@ def test_alpha_keeps_nm_uniform(model_factory, calib) -> None:
     result = prune(model_factory("llama"), PruneConfig(method="wanda", pattern="2:4", allocation="alpha"), calib=calib)
     assert result.extra["allocation"]["block_sparsity"] == [0.5, 0.5]
     assert any("N:M" in note for note in result.notes)
+
+
+def test_alpha_with_a_block_the_filter_empties(model_factory) -> None:
+    cfg = PruneConfig(method="magnitude", sparsity=0.6, allocation="alpha", targets=[r"re:layers\.0\."])
+    result = prune(model_factory("llama"), cfg)
+    block = result.extra["allocation"]["block_sparsity"]
+    assert block[0] == pytest.approx(0.6) and all(x == x for x in result.extra["allocation"]["block_alpha"])
+    assert result.achieved_sparsity == pytest.approx(0.6, abs=0.01)

@@ -92,10 +92,12 @@ def alpha_block_metrics(
         block = store.load(i)
         layers = layers_of(store, i, block)
         values = [weight_alpha(weight_2d(mod)) for mod in layers.values()]
-        alphas.append(sum(values) / len(values) if values else 0.0)
+        alphas.append(sum(values) / len(values) if values else float("nan"))
         sizes.append(sum(weight_2d(mod).numel() for mod in layers.values()))
         store.release(i, block, pruned=False)
-    return alphas, sizes
+    known = [a for a in alphas if a == a]
+    fill = sum(known) / len(known) if known else 0.0  # a block the filter empties prunes nothing: keep it neutral
+    return [a if a == a else fill for a in alphas], sizes
 
 
 def alpha_allocation(alphas: list[float], sizes: list[int], target: float, eps: float) -> list[float]:
