@@ -1,15 +1,21 @@
-"""SmolLM2-135M ablations: uniform vs OWL layer-wise sparsity, and where the calibration text comes from.
+"""SmolLM2-135M ablations: uniform vs OWL vs AlphaPruning layer-wise sparsity, and where calibration text comes from.
 
 Table 1 (`owl`): Wanda and SparseGPT at 50/60/70/80% unstructured sparsity, uniform vs OWL allocation (lambda
 0.08, M 5, the paper's defaults), perplexity on WikiText-2 test windows. Table 2 (`calib`): the same methods at
 one sparsity calibrated on WikiText-2 (validation text) or on Shakespeare (training plays), each evaluated on both
 WikiText-2 test and the held-out Shakespeare plays: does pruning calibrated on one kind of text hurt the other?
+Table 3 (`auto`, issue 15): uniform vs OWL with lambda chosen by held-out calibration loss (`--owl-lambda auto`;
+M too with --owl-m-auto; one prune per candidate, see `prunelab.pruning.owl_auto`) vs AlphaPruning
+(`--allocation alpha`, --alpha-eps), meant for 60/70/80%; the chosen lambda/M and every candidate's held-out loss
+are kept in the JSON.
 
 One process: the model is loaded once and its dense weights restored before every configuration; calibration
 windows and evaluation windows are built once per source. Results are appended to a JSON file after each
-configuration, so an interrupted run resumes where it stopped.
+configuration, so an interrupted run resumes where it stopped. `--model` (default: the embedded SmolLM2) is for
+rehearsals on a tiny model.
 
     python bench/bench_allocation.py --shared ../shared --out bench/out/allocation
+    python bench/bench_allocation.py --parts auto --sparsities 0.6 0.7 0.8 --out bench/out/allocation
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default="../shared", help="folder holding data/wikitext-2*/")
     ap.add_argument("--out", default="bench/out/allocation")
-    ap.add_argument("--parts", nargs="+", default=["calib", "owl"], choices=["calib", "owl"])
+    ap.add_argument("--model", default=None, help="model to load (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--parts", nargs="+", default=["calib", "owl"], choices=["calib", "owl", "auto"])
     ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.6, 0.7, 0.8])
     ap.add_argument("--calib-sparsity", type=float, default=0.5)
@@ -38,6 +45,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--owl-lambda", type=float, default=0.08)
     ap.add_argument("--owl-m", type=float, default=5.0)
+    ap.add_argument("--owl-m-auto", action="store_true", help="auto part: search M too (M grid + lambda grid prunes)")
+    ap.add_argument("--alpha-eps", type=float, default=0.2)
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -60,8 +69,13 @@ def main() -> None:
             for sparsity in args.sparsities:
                 for allocation in ("uniform", "owl"):
                     plan.append((method, sparsity, allocation, "wikitext", ["wikitext"]))
+    if "auto" in args.parts:
+        for method in args.methods:
+            for sparsity in args.sparsities:
+                for allocation in ("uniform", "owl-auto", "alpha"):
+                    plan.append((method, sparsity, allocation, "wikitext", ["wikitext"]))
 
-    lm = load_model()
+    lm = load_model(args.model)
     dense = {k: v.clone() for k, v in lm.model.state_dict().items()}
     windows: dict[str, torch.Tensor] = {}
     calib_windows: dict[str, torch.Tensor] = {}
@@ -96,15 +110,17 @@ def main() -> None:
                 lm.tokenizer, calib_sources[calib], args.samples, args.seqlen, seed=0
             )
         lm.model.load_state_dict(dense)
+        auto = allocation == "owl-auto"
         cfg = PruneConfig(
             method=method,
             sparsity=sparsity,
-            allocation=allocation,
+            allocation="owl" if auto else allocation,
             calib=calib_sources[calib],
             calib_samples=args.samples,
             calib_seqlen=args.seqlen,
-            owl_lambda=args.owl_lambda,
-            owl_m=args.owl_m,
+            owl_lambda="auto" if auto else args.owl_lambda,
+            owl_m="auto" if auto and args.owl_m_auto else args.owl_m,
+            alpha_eps=args.alpha_eps,
         )
         result = prune(lm.model, cfg, calib=calib_windows[calib])
         prune_s = result.seconds  # the method's own clock (the one every prune report uses)
@@ -116,6 +132,9 @@ def main() -> None:
             "achieved_sparsity": result.achieved_sparsity,
             "prune_seconds": prune_s,
             "block_sparsity": result.extra["allocation"]["block_sparsity"],
+            "allocation_record": result.extra["allocation"],
+            "owl_auto": result.extra.get("owl_auto"),
+            "config": cfg.model_dump(),
             "ppl": evaluate(evals),
         }
         save()
@@ -138,6 +157,15 @@ def print_tables(results: dict, args: argparse.Namespace) -> None:
             for s in args.sparsities:
                 row = [ppl(f"{method}|{s:g}|{a}|wikitext", "wikitext") for a in ("uniform", "owl")]
                 print(f"| {method} | {s:.0%} | {row[0]} | {row[1]} |")
+    if "auto" in args.parts:
+        print("\n| method | sparsity | uniform | OWL (auto) | chosen lambda / M | AlphaPruning |")
+        print("|---|---|---|---|---|---|")
+        for method in args.methods:
+            for s in args.sparsities:
+                row = [ppl(f"{method}|{s:g}|{a}|wikitext", "wikitext") for a in ("uniform", "owl-auto", "alpha")]
+                chosen = (results.get(f"{method}|{s:g}|owl-auto|wikitext", {}).get("owl_auto") or {}).get("chosen")
+                pick = f"{chosen['owl_lambda']:g} / {chosen['owl_m']:g}" if chosen else "-"
+                print(f"| {method} | {s:.0%} | {row[0]} | {row[1]} | {pick} | {row[2]} |")
     if "calib" in args.parts:
         print(f"\n| method ({args.calib_sparsity:.0%}) | calibrated on | WikiText-2 ppl | Shakespeare ppl |")
         print("|---|---|---|---|")

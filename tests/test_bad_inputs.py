@@ -212,6 +212,17 @@ CASES = [
     ("prune-calib-samples-0", ["prune", *M, "--calib-samples", "0"], "calib_samples"),
     ("prune-calib-missing-file", ["prune", *M, "--calib", "{base}/none.txt"], ""),
     ("prune-shortcut-wrong-method", [*P, "--target", "mlp"], "only apply to --method structured"),
+    ("prune-owl-lambda-word", [*P, "--allocation", "owl", "--owl-lambda", "foo"], "expected a number or auto"),
+    ("prune-owl-m-negative", [*P, "--allocation", "owl", "--owl-m", "-1"], "owl_m"),
+    ("prune-alpha-eps-above-1", [*P, "--allocation", "alpha", "--alpha-eps", "1.5"], "alpha_eps"),
+    ("prune-alpha-eps-0", [*P, "--allocation", "alpha", "--alpha-eps", "0"], "alpha_eps"),
+    ("prune-alpha-reaches-1", [*prune(sparsity="0.9"), "--allocation", "alpha"], r"1 \+ alpha_eps"),
+    (
+        "prune-owl-auto-streaming",
+        ["prune", "--model", "{tiny}", "--streaming", "--method", "wanda", "--sparsity", "0.5", "--allocation", "owl",
+         "--owl-lambda", "auto", "--calib", "{base}/corpus.txt", "--calib-seqlen", "16", "--output", "{base}/st-a"],
+        "owl_lambda=auto does not prune block by block",
+    ),
     (
         "prune-unreadable-tracker",
         [*prune("trajectory"), "--option", "tracker={base}/bad.trajectory"],
@@ -341,6 +352,7 @@ SUBPROCESS = {
     "bench-grid-intensity-inf", "bench-empty-gguf", "sweep-broken-model", "sweep-out-under-file",
     "report-corrupt-sqlite", "report-budget-nan", "report-html-is-folder", "train-aware-lr-inf",
     "train-aware-json-is-folder", "unknown-subcommand", "recover-teacher-other-vocab",
+    "prune-owl-lambda-word",
 }  # fmt: skip
 
 

@@ -59,7 +59,14 @@ def _cfg(folder: Path, method: str, allocation: str = "uniform", **kw) -> PruneC
 
 @pytest.mark.parametrize(
     ("method", "allocation"),
-    [("magnitude", "uniform"), ("wanda", "uniform"), ("sparsegpt", "uniform"), ("wanda", "owl"), ("sparsegpt", "owl")],
+    [
+        ("magnitude", "uniform"),
+        ("wanda", "uniform"),
+        ("sparsegpt", "uniform"),
+        ("wanda", "owl"),
+        ("sparsegpt", "owl"),
+        ("wanda", "alpha"),
+    ],
 )
 def test_streaming_equals_in_memory(sharded: Path, tmp_path: Path, method: str, allocation: str) -> None:
     cfg = _cfg(sharded, method, allocation, owl_lambda=0.1)
@@ -75,7 +82,7 @@ def test_streaming_equals_in_memory(sharded: Path, tmp_path: Path, method: str, 
     assert report["layers"] == json.loads(json.dumps(expected.to_dict()["layers"]))
     assert report["allocation"] == expected.extra["allocation"]
     assert report["achieved_sparsity"] == pytest.approx(0.6, abs=0.02)
-    if allocation == "owl":
+    if allocation != "uniform":
         assert report["allocation"]["block_sparsity"][0] != report["allocation"]["block_sparsity"][1]
     saved = json.loads((tmp_path / "out" / "prunelab.json").read_text())
     assert saved["streaming"] is True and saved["peak_rss_mb"] > 0

@@ -28,6 +28,7 @@ SAMPLES = {
     "allocation": "owl",
     "owl_lambda": 0.04,
     "owl_m": 3.0,
+    "alpha_eps": 0.3,
     "options": {"scope": "global"},
 }
 

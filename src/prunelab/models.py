@@ -350,6 +350,16 @@ def check_seqlen(model: nn.Module, seqlen: int) -> None:
     check_context(model, seqlen, f"seqlen {seqlen}")
 
 
+def next_token_nll(model: nn.Module, batch: torch.Tensor) -> float:
+    """Summed next-token negative log-likelihood of token windows (b, L): b * (L - 1) predictions, no context
+    carried between windows. The one loss definition: perplexity (`prunelab.evaluation`) and the held-out
+    calibration loss of `--owl-lambda auto` (`prunelab.pruning.owl_auto`, which may not import evaluation) use it."""
+    logits = model(input_ids=batch, use_cache=False).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"
+    ).item()
+
+
 def parse_dtype(dtype: str) -> torch.dtype | None:
     """A floating torch dtype by name; None for "auto" (each loader decides what auto means for its device)."""
     if dtype == "auto":

@@ -53,6 +53,21 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def _number_or(members: tuple[Any, ...]) -> Any:
+    """argparse type of a `float | Literal[...]` field: the words as given, anything else must be a number."""
+    words = [w for m in members if get_origin(m) is Literal for w in get_args(m)]
+
+    def parse(text: str) -> Any:
+        if text in words:
+            return text
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or {' or '.join(words)}, got '{text}'") from None
+
+    return parse
+
+
 def add_field(
     p: Any, model: type[BaseModel], name: str, flag: str | None = None, default: Any = _FROM_FIELD, **kwargs: Any
 ) -> argparse.Action:
@@ -66,6 +81,8 @@ def add_field(
     if get_origin(annotation) is Literal:
         spec["choices"] = list(get_args(annotation))
         annotation = type(spec["choices"][0])
+    elif get_origin(annotation) in (Union, types.UnionType):  # a number or a word: `float | Literal["auto"]`
+        spec["type"] = _number_or(get_args(annotation))
     if annotation is bool:
         spec["action"] = "store_true"
     elif annotation in (int, float):

@@ -125,6 +125,12 @@ def print_prune(report: dict[str, Any]) -> None:
             f"achieved {report['achieved_sparsity']:.4f} of {report['prunable_params']:,} prunable weights "
             f"in {report['prune_seconds']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MiB"
         )
+    allocation = report.get("allocation") or {}
+    if allocation.get("scheme", "uniform") != "uniform":
+        blocks = allocation["block_sparsity"]
+        chosen = (report.get("owl_auto") or {}).get("chosen")
+        auto = f" (auto: lambda {chosen['owl_lambda']:g}, M {chosen['owl_m']:g})" if chosen else ""
+        print(f"allocation {allocation['scheme']}{auto}: block sparsity {min(blocks):.3f} .. {max(blocks):.3f}")
     if report.get("recovery"):
         print_recovery(report["recovery"])
     for source, value in after.items():

@@ -7,16 +7,25 @@ live in `options` and are validated by that method's own options model (`prunela
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from prunelab.config.base import StrictModel
 from prunelab.config.pattern import Pattern, parse_pattern
 from prunelab.errors import PrunelabError
 
-Allocation = Literal["uniform", "owl"]
+Allocation = Literal["uniform", "owl", "alpha"]
 ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
+AUTO = "auto"
+# `--owl-lambda auto` / `--owl-m auto`: the candidates searched (lambda 0 is uniform, so the search may keep it) and
+# how many calibration windows are held out to score them (see `prunelab.pruning.owl_auto`).
+OWL_LAMBDA_GRID: tuple[float, ...] = (0.0, 0.04, 0.08, 0.12, 0.16, 0.2)
+OWL_M_GRID: tuple[float, ...] = (3.0, 5.0, 7.0, 10.0)
+OWL_AUTO_HOLDOUT = 4
+# Fields added after sweep point ids existed: left out of `model_dump` at their default, so a point that does not
+# set them keeps its id (`PruneConfig(**dump)` restores the default).
+LATE_FIELDS = ("alpha_eps",)
 # `prunelab prune` without --sparsity on an unstructured pattern (the API and the sweep ask for it explicitly).
 DEFAULT_SPARSITY = 0.5
 
@@ -34,9 +43,23 @@ class PruneConfig(StrictModel):
     calib_seqlen: int = Field(512, ge=2, description="tokens per calibration window")
     calib_batch_size: int | None = Field(None, ge=1, description="windows per forward; default 1 on CPU, 8 on GPU")
     seed: int = Field(0, description="seed of the calibration windows and of the pruning itself")
-    allocation: Allocation = Field("uniform", description="per-block sparsity: uniform or OWL")
-    owl_lambda: float = Field(0.08, ge=0.0, lt=1.0, description="OWL: max deviation of a block from the target")
-    owl_m: float = Field(5.0, gt=0.0, description="OWL: a score is an outlier above M x the block's mean score")
+    allocation: Allocation = Field(
+        "uniform", description="per-block sparsity: uniform, owl (outliers) or alpha (AlphaPruning, weights only)"
+    )
+    owl_lambda: Annotated[float, Field(ge=0.0, lt=1.0)] | Literal["auto"] = Field(
+        0.08,
+        description="OWL: max deviation of a block from the target, or auto: the lambda grid "
+        f"{','.join(f'{x:g}' for x in OWL_LAMBDA_GRID)} scored by loss on {OWL_AUTO_HOLDOUT} held-out calibration "
+        "windows (one prune per candidate, then the final prune)",
+    )
+    owl_m: Annotated[float, Field(gt=0.0)] | Literal["auto"] = Field(
+        5.0,
+        description="OWL: a score is an outlier above M x the block's mean score, or auto: the M grid "
+        f"{','.join(f'{x:g}' for x in OWL_M_GRID)} scored like --owl-lambda auto",
+    )
+    alpha_eps: float = Field(
+        0.2, gt=0.0, lt=1.0, description="alpha: blocks get target x (1 +/- eps) sparsity (paper: 0.2 Wanda/SparseGPT)"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="method options (see `prunelab methods`)")
 
     @field_validator("sparsity")
@@ -45,6 +68,25 @@ class PruneConfig(StrictModel):
         if v is not None and not 0.0 < v < 1.0:
             raise ValueError(f"sparsity must be in (0, 1), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _alpha_range(self) -> PruneConfig:
+        if self.allocation == "alpha" and self.sparsity is not None and self.sparsity * (1 + self.alpha_eps) >= 1:
+            raise ValueError(f"alpha: sparsity {self.sparsity:g} x (1 + alpha_eps {self.alpha_eps:g}) >= 1")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for name in LATE_FIELDS:
+            if name in data and data[name] == PruneConfig.model_fields[name].default:
+                del data[name]
+        return data
+
+    @property
+    def owl_auto(self) -> bool:
+        """OWL with lambda or M chosen by `prunelab.pruning.owl_auto` rather than given."""
+        return self.allocation == "owl" and AUTO in (self.owl_lambda, self.owl_m)
 
     @property
     def pattern_obj(self) -> Pattern:

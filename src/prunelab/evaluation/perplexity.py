@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunelab._util import progress
 from prunelab.data import check_eval_settings
+from prunelab.models import next_token_nll
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,7 @@ def perplexity(
     with torch.no_grad():
         for a in progress(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
             batch = windows[a : a + batch_size].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits
-            total_nll += F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"
-            ).item()
-            del logits
+            total_nll += next_token_nll(model, batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     model.train(was_training)

@@ -30,7 +30,7 @@ from prunelab.config.pattern import Pattern
 from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import block_linears, check_filters, find_blocks, weight_2d
-from prunelab.pruning.allocation import owl_allocation, owl_outlier_ratios
+from prunelab.pruning.allocation import block_sparsities
 from prunelab.pruning.blocks import BlockStore
 from prunelab.pruning.stages import make_stages
 
@@ -163,6 +163,8 @@ class LayerwisePruner(Pruner):
         caps = self.capabilities
         if self.cfg.allocation == "owl" and not caps.needs_calibration:  # OWL's outlier ratios need activations
             caps = replace(caps, needs_calibration=True)
+        if self.cfg.owl_auto:  # the search prunes and scores whole-model candidates (`pruning.owl_auto`)
+            caps = replace(caps, block_local=False)
         return caps
 
     @abstractmethod
@@ -197,8 +199,8 @@ class LayerwisePruner(Pruner):
         return block_linears(block, f"{store.prefix}.{i}", self.cfg.targets, self.cfg.ignore)
 
     def prune_blocks(self, model: nn.Module, store: BlockStore, calib: torch.Tensor | None) -> PruneResult:
-        """The engine: optional OWL pre-pass, then block by block: statistics, prune, reconstruct stages,
-        propagate."""
+        """The engine: per-block sparsities (uniform, OWL, alpha), then block by block: statistics, prune,
+        reconstruct stages, propagate."""
         start = time.perf_counter()
         result = PruneResult(self.name, str(self.pattern), self.sparsity)
         n = len(store)
@@ -206,18 +208,10 @@ class LayerwisePruner(Pruner):
             raise PrunelabError(f"method '{self.name}' needs calibration data")
         device = next(model.parameters()).device
         batch_size = self.cfg.calib_batch(device.type)
-        sparsities = [self.sparsity] * n
         with torch.no_grad():
-            if self.cfg.allocation == "owl":
-                if self.pattern.is_nm:
-                    result.notes.append("OWL keeps N:M patterns uniform: every layer must satisfy the same N:M")
-                else:
-                    assert calib is not None
-                    inputs = calibration.capture_block_inputs(model, store.first, calib, batch_size)
-                    ratios, sizes = owl_outlier_ratios(store, inputs, self._layers, self.cfg.owl_m)
-                    sparsities = owl_allocation(ratios, sizes, self.sparsity, self.cfg.owl_lambda)
-                    result.extra["owl_outlier_ratios"] = ratios
-            result.extra["allocation"] = {"scheme": self.cfg.allocation, "block_sparsity": sparsities}
+            sparsities = block_sparsities(
+                self.cfg, self.pattern, self.sparsity, model, store, calib, batch_size, self._layers, result
+            )
             inputs = None
             if self.statistic is not None:
                 assert calib is not None

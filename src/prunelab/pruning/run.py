@@ -9,6 +9,7 @@ check), seed, run the method on the model in memory or on a block store.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from prunelab._util import environment, peak_rss_mb
 from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import check_seqlen, prunable_layers, weight_2d
-from prunelab.pruning import make_pruner
+from prunelab.pruning import make_pruner, owl_auto
 from prunelab.pruning.base import LayerwisePruner, Pruner, PruneResult
 from prunelab.pruning.blocks import BlockStore
 
@@ -58,21 +59,41 @@ def prune(
     """Prune `model` in place as `cfg` says. Calibration windows are built from `cfg.calib` when not given.
 
     With `store`, blocks come from it (`prunelab.streaming`); only block-local layer-wise methods take one.
+    OWL with lambda or M `auto` first searches them on held-out calibration windows (`prunelab.pruning.owl_auto`).
     """
     pruner = make_pruner(cfg, stages)
     if pruner.needs_calibration and calib is None:
         calib = calibration_windows(model, tokenizer, cfg)
+    if store is not None and (not isinstance(pruner, LayerwisePruner) or not pruner.caps.block_local):
+        raise PrunelabError(f"{describe(cfg)} does not prune block by block (it needs every weight at once)")
+    if cfg.owl_auto and isinstance(pruner, LayerwisePruner) and not pruner.pattern.is_nm:  # N:M: OWL is uniform
+        assert calib is not None and store is None  # owl auto is not block-local (LayerwisePruner.caps)
+
+        def once(c: PruneConfig, windows: torch.Tensor) -> PruneResult:
+            seed(c.seed)
+            return make_pruner(c, stages).prune(model, windows)
+
+        started = time.perf_counter()
+        chosen, record = owl_auto.search(model, cfg, pruner.sparsity, calib, once)
+        result = once(chosen, calib)
+        result.seconds = time.perf_counter() - started  # the search is part of what this prune cost
+        result.extra["owl_auto"] = record
+        result.notes.append(
+            f"owl auto: lambda {chosen.owl_lambda:g}, M {chosen.owl_m:g} chosen from {len(record['candidates'])} "
+            f"candidates by held-out calibration loss"
+        )
+        return result
     seed(cfg.seed)
     if store is None:
         return pruner.prune(model, calib if pruner.needs_calibration else None)
-    if not isinstance(pruner, LayerwisePruner) or not pruner.caps.block_local:
-        raise PrunelabError(f"{describe(cfg)} does not prune block by block (it needs every weight at once)")
+    assert isinstance(pruner, LayerwisePruner)
     return pruner.prune_blocks(model, store, calib if pruner.needs_calibration else None)
 
 
 def describe(cfg: PruneConfig) -> str:
     """'method magnitude scope=global': a method with its options, for messages."""
-    return " ".join([f"method '{cfg.method}'", *(f"{k}={v}" for k, v in cfg.options.items())])
+    auto = [f"{k}=auto" for k in ("owl_lambda", "owl_m") if cfg.owl_auto and getattr(cfg, k) == "auto"]
+    return " ".join([f"method '{cfg.method}'", *(f"{k}={v}" for k, v in cfg.options.items()), *auto])
 
 
 def sparsity_report(model: nn.Module) -> dict[str, Any]:
