@@ -29,6 +29,12 @@ SAMPLES = {
     "owl_lambda": 0.04,
     "owl_m": 3.0,
     "options": {"scope": "global"},
+    "stages": ["dsnot"],
+    "dsnot_cycles": 7,
+    "dsnot_threshold": 0.01,
+    "reconstruct_steps": 3,
+    "reconstruct_lr": 1e-3,
+    "reconstruct_scope": "separate",
 }
 
 

@@ -10,13 +10,15 @@ from prunelab.cli._base import add_field, model_args, model_config, values
 from prunelab.config.base import build
 from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
 from prunelab.config.methods import StructuredOptions
-from prunelab.config.prune import DEFAULT_SPARSITY, PruneConfig
+from prunelab.config.prune import DEFAULT_SPARSITY, STAGE_SETTINGS, PruneConfig
 from prunelab.errors import PrunelabError
-from prunelab.pruning import METHODS
+from prunelab.pruning import METHODS, STAGES
 
 # PruneConfig fields with a flag of their own (`options` has --option and the structured shortcuts).
 PRUNE_FLAGS = [f for f in PruneConfig.model_fields if f != "options"]
 SHORTCUTS = ("target", "importance", "compensate", "recover_steps")  # structured options with a flag
+# A stage's settings default to None on the command line, so one given without its stage is an error, not ignored.
+STAGE_FLAGS = {f: stage for stage, fields in STAGE_SETTINGS.items() for f in fields}
 
 
 def register(sub: Any) -> None:
@@ -31,6 +33,18 @@ def register(sub: Any) -> None:
                       "unstructured; 1 - N/M for an N:M pattern)")  # fmt: skip
         elif name in ("targets", "ignore"):
             add_field(p, PruneConfig, name, metavar="LAYER")
+        elif name == "stages":
+            add_field(p, PruneConfig, name, metavar="STAGE", help="stages run with a layer-wise method, in order: "
+                      + ", ".join(STAGES))  # fmt: skip
+            p.add_argument("--refine", action="append", default=[], metavar="STAGE",
+                           help="refine each layer's mask after the method, e.g. dsnot (adds it to --stages)")
+            p.add_argument("--reconstruct", action="store_true",
+                           help="block-wise reconstruction after each block is pruned (--reconstruct-steps)")
+        elif name in STAGE_FLAGS:
+            info = PruneConfig.model_fields[name]
+            text = f"{info.description} (default: {info.get_default()}"
+            text += "; implies --reconstruct)" if name == "reconstruct_steps" else ")"
+            add_field(p, PruneConfig, name, default=None, help=text)
         else:
             add_field(p, PruneConfig, name)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
@@ -77,10 +91,22 @@ def prune_options(args: argparse.Namespace) -> dict[str, Any]:
     return {**options, **shortcuts}
 
 
+def prune_stages(args: argparse.Namespace) -> list[str]:
+    """--stages, then --refine, then reconstruct (--reconstruct or --reconstruct-steps); each once."""
+    reconstruct = args.reconstruct or args.reconstruct_steps is not None
+    stages = list(dict.fromkeys([*args.stages, *args.refine, *(["reconstruct"] if reconstruct else [])]))
+    for name, stage in STAGE_FLAGS.items():
+        if getattr(args, name) is not None and stage not in stages:
+            raise PrunelabError(f"--{name.replace('_', '-')} is a setting of stage '{stage}', which is not selected")
+    return stages
+
+
 def prune_config(args: argparse.Namespace) -> PruneConfig:
     fields = values(args, PRUNE_FLAGS)
     if fields["sparsity"] is None and fields["pattern"] == "unstructured":
         fields["sparsity"] = DEFAULT_SPARSITY
+    fields["stages"] = prune_stages(args)
+    fields = {k: v for k, v in fields.items() if not (k in STAGE_FLAGS and v is None)}  # None: the config default
     return build(PruneConfig, {**fields, "options": prune_options(args)}, "prune settings")
 
 

@@ -16,9 +16,18 @@ from prunelab.config.pattern import Pattern, parse_pattern
 from prunelab.errors import PrunelabError
 
 Allocation = Literal["uniform", "owl"]
+ReconstructScope = Literal["block", "separate"]
 ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
 # `prunelab prune` without --sparsity on an unstructured pattern (the API and the sweep ask for it explicitly).
 DEFAULT_SPARSITY = 0.5
+# The PruneConfig fields each stage reads (`prunelab.pruning.stages`); the CLI and the recipe use this map.
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "dsnot": ("dsnot_cycles", "dsnot_threshold"),
+    "reconstruct": ("reconstruct_steps", "reconstruct_lr", "reconstruct_scope"),
+}
+# Fields added after sweep stores existed: a point's identity omits them while at their default, so the ids of
+# every point that does not use them stay what they were (see `PruneConfig.identity`).
+LATER_FIELDS: tuple[str, ...] = ("stages", *(f for fields in STAGE_SETTINGS.values() for f in fields))
 
 
 class PruneConfig(StrictModel):
@@ -38,6 +47,16 @@ class PruneConfig(StrictModel):
     owl_lambda: float = Field(0.08, ge=0.0, lt=1.0, description="OWL: max deviation of a block from the target")
     owl_m: float = Field(5.0, gt=0.0, description="OWL: a score is an outlier above M x the block's mean score")
     options: dict[str, Any] = Field(default_factory=dict, description="method options (see `prunelab methods`)")
+    stages: list[str] = Field(
+        default_factory=list, description="stages run with a layer-wise method: dsnot (mask refinement), reconstruct"
+    )
+    dsnot_cycles: int = Field(50, gt=0, description="dsnot: prune-and-grow swaps tried per output row")
+    dsnot_threshold: float = Field(0.0, ge=0.0, description="dsnot: a row stops once |its expected error| <= this")
+    reconstruct_steps: int = Field(32, gt=0, description="reconstruct: Adam steps per block, a calibration batch each")
+    reconstruct_lr: float = Field(1e-4, gt=0.0, description="reconstruct: Adam learning rate")
+    reconstruct_scope: ReconstructScope = Field(
+        "block", description="reconstruct: match each block's output, or its attention and MLP outputs separately"
+    )
 
     @field_validator("sparsity")
     @classmethod
@@ -45,6 +64,33 @@ class PruneConfig(StrictModel):
         if v is not None and not 0.0 < v < 1.0:
             raise ValueError(f"sparsity must be in (0, 1), got {v}")
         return v
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that identify a result (a sweep point's hashed config): every field, except the
+        `LATER_FIELDS` still at their default, so adding a setting keeps older ids valid."""
+        out = self.model_dump()
+        for name in LATER_FIELDS:
+            if out[name] == PruneConfig.model_fields[name].get_default(call_default_factory=True):
+                del out[name]
+        return out
+
+    def recipe(self) -> dict[str, Any]:
+        """Everything needed to redo this prune, grouped: the method with its options, the pattern, the allocation,
+        the calibration and each stage with the settings it reads (prune reports record it)."""
+        allocation: dict[str, Any] = {"scheme": self.allocation}
+        if self.allocation == "owl":
+            allocation.update(owl_lambda=self.owl_lambda, owl_m=self.owl_m)
+        return {
+            "method": self.method,
+            "options": dict(self.options),
+            "pattern": self.pattern,
+            "sparsity": self.sparsity,
+            "targets": self.targets,
+            "ignore": list(self.ignore),
+            "allocation": allocation,
+            "calibration": self.calibration_record(),
+            "stages": [{"name": s, **{f: getattr(self, f) for f in STAGE_SETTINGS.get(s, ())}} for s in self.stages],
+        }
 
     @property
     def pattern_obj(self) -> Pattern:
