@@ -17,8 +17,16 @@ from prunelab.pruning import METHODS, STAGES
 # PruneConfig fields with a flag of their own (`options` has --option and the structured shortcuts).
 PRUNE_FLAGS = [f for f in PruneConfig.model_fields if f != "options"]
 SHORTCUTS = ("target", "importance", "compensate", "recover_steps")  # structured options with a flag
-# A stage's settings default to None on the command line, so one given without its stage is an error, not ignored.
+# The flag of each stage setting -> its stage: a setting given without its stage is an error, not ignored.
 STAGE_FLAGS = {f: stage for stage, fields in STAGE_SETTINGS.items() for f in fields}
+
+
+class _Given(argparse.Action):
+    """Store the value and note that the flag was given (its default is the config's, so it cannot tell)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = [*getattr(namespace, "given", []), self.dest]
 
 
 def register(sub: Any) -> None:
@@ -44,7 +52,7 @@ def register(sub: Any) -> None:
             info = PruneConfig.model_fields[name]
             text = f"{info.description} (default: {info.get_default()}"
             text += "; implies --reconstruct)" if name == "reconstruct_steps" else ")"
-            add_field(p, PruneConfig, name, default=None, help=text)
+            add_field(p, PruneConfig, name, help=text, action=_Given)
         else:
             add_field(p, PruneConfig, name)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
@@ -93,11 +101,13 @@ def prune_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def prune_stages(args: argparse.Namespace) -> list[str]:
     """--stages, then --refine, then reconstruct (--reconstruct or --reconstruct-steps); each once."""
-    reconstruct = args.reconstruct or args.reconstruct_steps is not None
+    given = getattr(args, "given", [])
+    reconstruct = args.reconstruct or "reconstruct_steps" in given
     stages = list(dict.fromkeys([*args.stages, *args.refine, *(["reconstruct"] if reconstruct else [])]))
-    for name, stage in STAGE_FLAGS.items():
-        if getattr(args, name) is not None and stage not in stages:
-            raise PrunelabError(f"--{name.replace('_', '-')} is a setting of stage '{stage}', which is not selected")
+    for name in given:
+        if STAGE_FLAGS[name] not in stages:
+            flag = name.replace("_", "-")
+            raise PrunelabError(f"--{flag} is a setting of stage '{STAGE_FLAGS[name]}', which is not selected")
     return stages
 
 
@@ -106,7 +116,6 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
     if fields["sparsity"] is None and fields["pattern"] == "unstructured":
         fields["sparsity"] = DEFAULT_SPARSITY
     fields["stages"] = prune_stages(args)
-    fields = {k: v for k, v in fields.items() if not (k in STAGE_FLAGS and v is None)}  # None: the config default
     return build(PruneConfig, {**fields, "options": prune_options(args)}, "prune settings")
 
 
