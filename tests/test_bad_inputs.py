@@ -223,6 +223,19 @@ CASES = [
          "--owl-lambda", "auto", "--calib", "{base}/corpus.txt", "--calib-seqlen", "16", "--output", "{base}/st-a"],
         "owl_lambda=auto does not prune block by block",
     ),
+    # --- prune: stages
+    ("prune-unknown-stage", [*P, "--refine", "dsnoot"], "unknown stage 'dsnoot'. Did you mean 'dsnot'"),
+    ("prune-unknown-stage-list", [*P, "--stages", "reconstrct"], "Did you mean 'reconstruct'"),
+    ("prune-stage-structured", [*prune("structured", "0.3"), "--reconstruct"], "takes no stages"),
+    ("prune-stage-trajectory", [*prune("trajectory"), "--refine", "dsnot"], "takes no stages"),
+    ("prune-stage-global-magnitude", [*P, "--option", "scope=global", "--refine", "dsnot"], "takes no stages"),
+    ("prune-reconstruct-steps-0", [*P, "--reconstruct-steps", "0"], "reconstruct_steps"),
+    ("prune-reconstruct-steps-negative", [*P, "--reconstruct-steps", "-3"], "reconstruct_steps"),
+    ("prune-reconstruct-lr-0", [*P, "--reconstruct", "--reconstruct-lr", "0"], "reconstruct_lr"),
+    ("prune-reconstruct-lr-negative", [*P, "--reconstruct", "--reconstruct-lr=-1e-4"], "reconstruct_lr"),
+    ("prune-dsnot-cycles-0", [*P, "--refine", "dsnot", "--dsnot-cycles", "0"], "dsnot_cycles"),
+    ("prune-stage-setting-without-stage", [*P, "--reconstruct-lr", "1e-3"], "stage 'reconstruct', which is not"),
+    ("prune-stage-with-output", [*prune("structured", "0.3"), "--refine", "dsnot", "--output", "{base}/out"], "stages"),
     (
         "prune-unreadable-tracker",
         [*prune("trajectory"), "--option", "tracker={base}/bad.trajectory"],
@@ -353,6 +366,7 @@ SUBPROCESS = {
     "report-corrupt-sqlite", "report-budget-nan", "report-html-is-folder", "train-aware-lr-inf",
     "train-aware-json-is-folder", "unknown-subcommand", "recover-teacher-other-vocab",
     "prune-owl-lambda-word",
+    "prune-stage-structured",
 }  # fmt: skip
 
 

@@ -1,7 +1,9 @@
 """The contract every registered method must pass, read from the capabilities it declares; no method is named.
 
 A new method gets these tests for free: register it (one line in `prunelab.pruning.METHODS`) and declare its
-`Capabilities`. `test_a_new_layerwise_method_is_one_class_and_one_line` shows it with a throwaway method.
+`Capabilities`. `test_a_new_layerwise_method_is_one_class_and_one_line` shows it with a throwaway method. A new
+stage too (one line in `prunelab.pruning.STAGES`): every stage runs with every method that declares `takes_stages`,
+and is refused by every other one.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from prunelab import PruneConfig, prune
 from prunelab.calibration import SquaredNorm, Statistic
 from prunelab.errors import PrunelabError
 from prunelab.models import find_blocks, prunable_layers, weight_2d
-from prunelab.pruning import METHODS, make_pruner
+from prunelab.pruning import METHODS, STAGES, make_pruner
 from prunelab.pruning.base import LayerwisePruner, Pruner
 from prunelab.pruning.masks import Pattern, count_to_prune, is_valid_nm, per_row_mask
-from prunelab.pruning.stages import STAGES, ReconstructStage, RefineStage
+from prunelab.pruning.stages import ReconstructStage, RefineStage
 from prunelab.training import TrajectoryTracker
 
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -60,13 +62,13 @@ def _expected_zeros(w: torch.Tensor, group: str, sparsity: float) -> int | None:
     return None
 
 
-def check_mask_contract(method: str, pattern: str, model_factory, calib) -> None:
+def check_mask_contract(method: str, pattern: str, model_factory, calib, **kw) -> None:
     caps = METHODS[method].capabilities
     model = _model(method, model_factory)
     shapes = {n: (p.shape, p.dtype) for n, p in model.named_parameters()}
     embed_before = model.get_input_embeddings().weight.clone()
     head_before = model.get_output_embeddings().weight.clone()
-    result = prune(model, _cfg(method, pattern), calib=calib)
+    result = prune(model, _cfg(method, pattern, **kw), calib=calib)
     assert result.kind == "mask"
 
     zeros = total = 0
@@ -137,18 +139,18 @@ def check_declarations(method: str) -> None:
         assert cls.capabilities.needs_calibration == (cls.statistic is not None)
 
 
-def check_deterministic(method: str, model_factory, calib) -> None:
+def check_deterministic(method: str, model_factory, calib, **kw) -> None:
     weights = []
     for _ in range(2):
         model = _model(method, model_factory)
-        prune(model, _cfg(method).model_copy(update={"seed": 3}), calib=calib)
+        prune(model, _cfg(method, **kw).model_copy(update={"seed": 3}), calib=calib)
         weights.append({k: v.clone() for k, v in model.state_dict().items()})
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
 
 
-def check_hooks_removed_on_error(method: str, model_factory, calib) -> None:
-    if not METHODS[method].capabilities.needs_calibration:
+def check_hooks_removed_on_error(method: str, model_factory, calib, **kw) -> None:
+    if not make_pruner(_cfg(method, **kw)).needs_calibration:
         return  # no calibration, no hooks
     model = _model(method, model_factory)
     _, blocks = find_blocks(model)
@@ -158,7 +160,7 @@ def check_hooks_removed_on_error(method: str, model_factory, calib) -> None:
 
     blocks[-1].mlp.forward = boom  # fails inside a calibrated forward, while hooks are registered
     with pytest.raises(RuntimeError, match="boom"):
-        prune(model, _cfg(method), calib=calib)
+        prune(model, _cfg(method, **kw), calib=calib)
     assert _hook_count(model) == 0
 
 
@@ -261,14 +263,41 @@ def test_a_new_layerwise_method_is_one_class_and_one_line(monkeypatch, model_fac
     check_filters("rownorm", model_factory, calib)
 
 
-# ---- the stage seam (no stage is registered yet) ---------------------------------------------------------------
+# ---- every registered stage with every method that takes stages ------------------------------------------------
+STAGE_SETTINGS = {"reconstruct_steps": 2, "dsnot_cycles": 5}  # short, to keep the battery fast
+TAKES = [m for m in METHODS if METHODS[m].capabilities.takes_stages]
+
+
+@pytest.mark.parametrize(("stage", "method", "pattern"), [(s, m, p) for s in STAGES for m in TAKES for p in PATTERNS])
+def test_every_stage_keeps_the_mask_contract(stage: str, method: str, pattern: str, model_factory, calib) -> None:
+    """Exact counts, N:M validity, shapes, hooks gone, as the method alone promises, and the stage recorded."""
+    kw = {"stages": [stage], **STAGE_SETTINGS}
+    check_mask_contract(method, pattern, model_factory, calib, **kw)
+    result = prune(_model(method, model_factory), _cfg(method, pattern, **kw), calib=calib)
+    assert [s["name"] for s in result.to_dict()["stages"]] == [stage]
+
+
+@pytest.mark.parametrize(("stage", "method"), [(s, m) for s in STAGES for m in TAKES])
+def test_every_stage_is_deterministic_and_removes_its_hooks(stage: str, method: str, model_factory, calib) -> None:
+    kw = {"stages": [stage], **STAGE_SETTINGS}
+    check_deterministic(method, model_factory, calib, **kw)
+    check_hooks_removed_on_error(method, model_factory, calib, **kw)
+
+
+@pytest.mark.parametrize(("stage", "method"), [(s, m) for s in STAGES for m in METHODS if m not in TAKES])
+def test_methods_that_take_no_stages_refuse_them(stage: str, method: str) -> None:
+    with pytest.raises(PrunelabError, match="takes no stages"):
+        make_pruner(_cfg(method, stages=[stage]))
+
+
+# ---- the stage seam ---------------------------------------------------------------------------------------------
 def test_stages_run_where_the_engine_promises(monkeypatch, model_factory, calib) -> None:
     calls: list[tuple[str, object]] = []
 
     class KeepMask(RefineStage):
         name = "keep"
 
-        def refine(self, name, weight, mask, stat, sparsity, pattern):
+        def refine(self, name, weight, dense, mask, stat, sparsity, pattern):
             calls.append(("refine", name))
             return mask
 

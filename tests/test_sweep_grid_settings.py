@@ -30,6 +30,12 @@ SAMPLES = {
     "owl_m": 3.0,
     "alpha_eps": 0.3,
     "options": {"scope": "global"},
+    "stages": ["dsnot"],
+    "dsnot_cycles": 7,
+    "dsnot_threshold": 0.01,
+    "reconstruct_steps": 3,
+    "reconstruct_lr": 1e-3,
+    "reconstruct_scope": "separate",
 }
 
 

@@ -180,7 +180,57 @@ class Hessian(Statistic):
         return self._matrix
 
 
-STATISTICS: dict[str, type[Statistic]] = {"sq_norm": SquaredNorm, "hessian": Hessian}
+class Moments(Hessian):
+    """The Hessian's X^T X plus the per-feature sum of x: mean, variance and second moment of a layer's inputs
+    (DSnoT's expected error and its variance). A Hessian itself, so one pass serves a method that wants one."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        super().__init__(in_features, device)
+        self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)
+
+    def add(self, x: torch.Tensor) -> None:
+        self.sum += x.sum(dim=0)
+        super().add(x)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.tokens, 1)
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Per-feature variance E[x^2] - E[x]^2 (population), clamped at 0 against rounding."""
+        return (torch.diagonal(self.matrix) - self.mean.square()).clamp_min(0.0)
+
+
+STATISTICS: dict[str, type[Statistic]] = {"sq_norm": SquaredNorm, "hessian": Hessian, "moments": Moments}
+
+
+class StatisticSet(Statistic):
+    """Several named statistics of one layer's inputs, fed by the same pass (a method's and its stages').
+
+    A statistic whose class extends another one asked for serves both names (Moments is a Hessian), so SparseGPT
+    with a stage that wants moments still accumulates X^T X once.
+    """
+
+    def __init__(self, names: list[str], in_features: int, device: torch.device) -> None:
+        super().__init__(in_features, device)
+        classes = [STATISTICS[n] for n in names]
+        self.parts: dict[str, Statistic] = {}
+        made: dict[type[Statistic], Statistic] = {}
+        for name, cls in zip(names, classes, strict=True):
+            best = next((c for c in classes if issubclass(c, cls) and c is not cls), cls)
+            if best not in made:
+                made[best] = best(in_features, device)
+            self.parts[name] = made[best]
+        self._unique = list(made.values())
+
+    def add(self, x: torch.Tensor) -> None:
+        for stat in self._unique:
+            stat.add(x)
+        self.tokens += x.shape[0]
+
+    def __getitem__(self, name: str) -> Statistic:
+        return self.parts[name]
 
 
 def collect_statistics(

@@ -11,13 +11,23 @@ from prunelab.cli.recover import print_recovery, recover_args, recover_config
 from prunelab.config.base import build
 from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
 from prunelab.config.methods import StructuredOptions
-from prunelab.config.prune import DEFAULT_SPARSITY, PruneConfig
+from prunelab.config.prune import DEFAULT_SPARSITY, STAGE_SETTINGS, PruneConfig
 from prunelab.errors import PrunelabError
-from prunelab.pruning import METHODS
+from prunelab.pruning import METHODS, STAGES
 
 # PruneConfig fields with a flag of their own (`options` has --option and the structured shortcuts).
 PRUNE_FLAGS = [f for f in PruneConfig.model_fields if f != "options"]
 SHORTCUTS = ("target", "importance", "compensate", "recover_steps")  # structured options with a flag
+# The flag of each stage setting -> its stage: a setting given without its stage is an error, not ignored.
+STAGE_FLAGS = {f: stage for stage, fields in STAGE_SETTINGS.items() for f in fields}
+
+
+class _Given(argparse.Action):
+    """Store the value and note that the flag was given (its default is the config's, so it cannot tell)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = [*getattr(namespace, "given", []), self.dest]
 
 
 def register(sub: Any) -> None:
@@ -32,6 +42,18 @@ def register(sub: Any) -> None:
                       "unstructured; 1 - N/M for an N:M pattern)")  # fmt: skip
         elif name in ("targets", "ignore"):
             add_field(p, PruneConfig, name, metavar="LAYER")
+        elif name == "stages":
+            add_field(p, PruneConfig, name, metavar="STAGE", help="stages run with a layer-wise method, in order: "
+                      + ", ".join(STAGES))  # fmt: skip
+            p.add_argument("--refine", action="append", default=[], metavar="STAGE",
+                           help="refine each layer's mask after the method, e.g. dsnot (adds it to --stages)")
+            p.add_argument("--reconstruct", action="store_true",
+                           help="block-wise reconstruction after each block is pruned (--reconstruct-steps)")
+        elif name in STAGE_FLAGS:
+            info = PruneConfig.model_fields[name]
+            text = f"{info.description} (default: {info.get_default()}"
+            text += "; implies --reconstruct)" if name == "reconstruct_steps" else ")"
+            add_field(p, PruneConfig, name, help=text, action=_Given)
         else:
             add_field(p, PruneConfig, name)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
@@ -79,10 +101,23 @@ def prune_options(args: argparse.Namespace) -> dict[str, Any]:
     return {**options, **shortcuts}
 
 
+def prune_stages(args: argparse.Namespace) -> list[str]:
+    """--stages, then --refine, then reconstruct (--reconstruct or --reconstruct-steps); each once."""
+    given = getattr(args, "given", [])
+    reconstruct = args.reconstruct or "reconstruct_steps" in given
+    stages = list(dict.fromkeys([*args.stages, *args.refine, *(["reconstruct"] if reconstruct else [])]))
+    for name in given:
+        if STAGE_FLAGS[name] not in stages:
+            flag = name.replace("_", "-")
+            raise PrunelabError(f"--{flag} is a setting of stage '{STAGE_FLAGS[name]}', which is not selected")
+    return stages
+
+
 def prune_config(args: argparse.Namespace) -> PruneConfig:
     fields = values(args, PRUNE_FLAGS)
     if fields["sparsity"] is None and fields["pattern"] == "unstructured":
         fields["sparsity"] = DEFAULT_SPARSITY
+    fields["stages"] = prune_stages(args)
     return build(PruneConfig, {**fields, "options": prune_options(args)}, "prune settings")
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from prunelab.config.base import StrictModel
 from prunelab.config.pattern import Pattern, parse_pattern
 from prunelab.errors import PrunelabError
 
 Allocation = Literal["uniform", "owl", "alpha"]
+ReconstructScope = Literal["block", "separate"]
 ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
 AUTO = "auto"
 # `--owl-lambda auto` / `--owl-m auto`: the candidates searched (lambda 0 is uniform, so the search may keep it) and
@@ -23,11 +24,16 @@ AUTO = "auto"
 OWL_LAMBDA_GRID: tuple[float, ...] = (0.0, 0.04, 0.08, 0.12, 0.16, 0.2)
 OWL_M_GRID: tuple[float, ...] = (3.0, 5.0, 7.0, 10.0)
 OWL_AUTO_HOLDOUT = 4
-# Fields added after sweep point ids existed: left out of `model_dump` at their default, so a point that does not
-# set them keeps its id (`PruneConfig(**dump)` restores the default).
-LATE_FIELDS = ("alpha_eps",)
 # `prunelab prune` without --sparsity on an unstructured pattern (the API and the sweep ask for it explicitly).
 DEFAULT_SPARSITY = 0.5
+# The PruneConfig fields each stage reads (`prunelab.pruning.stages`); the CLI and the recipe use this map.
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "dsnot": ("dsnot_cycles", "dsnot_threshold"),
+    "reconstruct": ("reconstruct_steps", "reconstruct_lr", "reconstruct_scope"),
+}
+# Fields added after sweep stores existed: a point's identity omits them while at their default, so the ids of
+# every point that does not use them stay what they were (see `PruneConfig.identity`).
+LATER_FIELDS: tuple[str, ...] = ("alpha_eps", "stages", *(f for fields in STAGE_SETTINGS.values() for f in fields))
 
 
 class PruneConfig(StrictModel):
@@ -61,6 +67,16 @@ class PruneConfig(StrictModel):
         0.2, gt=0.0, lt=1.0, description="alpha: blocks get target x (1 +/- eps) sparsity (paper: 0.2 Wanda/SparseGPT)"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="method options (see `prunelab methods`)")
+    stages: list[str] = Field(
+        default_factory=list, description="stages run with a layer-wise method: dsnot (mask refinement), reconstruct"
+    )
+    dsnot_cycles: int = Field(50, gt=0, description="dsnot: prune-and-grow swaps tried per output row")
+    dsnot_threshold: float = Field(0.0, ge=0.0, description="dsnot: a row stops once |its expected error| <= this")
+    reconstruct_steps: int = Field(32, gt=0, description="reconstruct: Adam steps per block, a calibration batch each")
+    reconstruct_lr: float = Field(1e-4, gt=0.0, description="reconstruct: Adam learning rate")
+    reconstruct_scope: ReconstructScope = Field(
+        "block", description="reconstruct: match each block's output, or its attention and MLP outputs separately"
+    )
 
     @field_validator("sparsity")
     @classmethod
@@ -75,18 +91,39 @@ class PruneConfig(StrictModel):
             raise ValueError(f"alpha: sparsity {self.sparsity:g} x (1 + alpha_eps {self.alpha_eps:g}) >= 1")
         return self
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        for name in LATE_FIELDS:
-            if name in data and data[name] == PruneConfig.model_fields[name].default:
-                del data[name]
-        return data
-
     @property
     def owl_auto(self) -> bool:
         """OWL with lambda or M chosen by `prunelab.pruning.owl_auto` rather than given."""
         return self.allocation == "owl" and AUTO in (self.owl_lambda, self.owl_m)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that identify a result (a sweep point's hashed config): every field, except the
+        `LATER_FIELDS` still at their default, so adding a setting keeps older ids valid."""
+        out = self.model_dump()
+        for name in LATER_FIELDS:
+            if out[name] == PruneConfig.model_fields[name].get_default(call_default_factory=True):
+                del out[name]
+        return out
+
+    def recipe(self) -> dict[str, Any]:
+        """Everything needed to redo this prune, grouped: the method with its options, the pattern, the allocation,
+        the calibration and each stage with the settings it reads (prune reports record it)."""
+        allocation: dict[str, Any] = {"scheme": self.allocation}
+        if self.allocation == "owl":
+            allocation.update(owl_lambda=self.owl_lambda, owl_m=self.owl_m)
+        elif self.allocation == "alpha":
+            allocation.update(alpha_eps=self.alpha_eps)
+        return {
+            "method": self.method,
+            "options": dict(self.options),
+            "pattern": self.pattern,
+            "sparsity": self.sparsity,
+            "targets": self.targets,
+            "ignore": list(self.ignore),
+            "allocation": allocation,
+            "calibration": self.calibration_record(),
+            "stages": [{"name": s, **{f: getattr(self, f) for f in STAGE_SETTINGS.get(s, ())}} for s in self.stages],
+        }
 
     @property
     def pattern_obj(self) -> Pattern:

@@ -16,6 +16,7 @@ from prunelab.registry import Registry
 
 if TYPE_CHECKING:
     from prunelab.pruning.base import Pruner
+    from prunelab.pruning.stages import Stage
 
 METHODS: Registry[type[Pruner]] = Registry(
     "method",
@@ -29,23 +30,39 @@ METHODS: Registry[type[Pruner]] = Registry(
 )
 
 
+# Stages any layer-wise method can run (`prunelab.pruning.stages`); listed here so names load without torch.
+STAGES: Registry[type[Stage]] = Registry(
+    "stage",
+    {
+        "dsnot": "prunelab.pruning.dsnot:DSnoT",
+        "reconstruct": "prunelab.pruning.reconstruct:Reconstruct",
+    },
+)
+
+
 def get_method(name: str) -> type[Pruner]:
     """The method class registered under `name`, or a did-you-mean error."""
     return METHODS.lookup(name)
 
 
 def make_pruner(cfg: PruneConfig, stages: Sequence[str] = ()) -> Pruner:
-    """The configured method, validated (options, sparsity, pattern); `stages` by name (see `pruning.stages`)."""
+    """The configured method, validated (options, sparsity, pattern, stages); the stages are `cfg.stages` and then
+    `stages` (by name, see `pruning.stages`). Whether a method takes stages is its declared capability."""
     cls = get_method(cfg.method)
-    if not stages:
+    names = list(dict.fromkeys([*cfg.stages, *stages]))
+    for name in names:
+        STAGES.lookup(name)  # unknown names: did-you-mean, before anything else
+    if not names:
         return cls(cfg)
-    from prunelab.pruning.base import LayerwisePruner
+    from prunelab.errors import PrunelabError
 
-    if not issubclass(cls, LayerwisePruner):
-        from prunelab.errors import PrunelabError
-
-        raise PrunelabError(f"method '{cfg.method}' does not prune layer by layer, so it takes no stages")
-    return cls(cfg, stages=stages)
+    if not cls.capabilities.takes_stages:
+        raise PrunelabError(f"method '{cfg.method}' takes no stages ({', '.join(names)}): it does not prune layer by "
+                            "layer")  # fmt: skip
+    pruner = cls(cfg, stages=stages)  # type: ignore[call-arg]
+    if not pruner.caps.takes_stages:
+        raise PrunelabError(f"method '{cfg.method}' with options {cfg.options} takes no stages ({', '.join(names)})")
+    return pruner
 
 
 _BASE = ["Capabilities", "LayerResult", "LayerwisePruner", "Pruner", "PruneResult"]
@@ -67,6 +84,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "METHODS",
+    "STAGES",
     "Capabilities",
     "LayerResult",
     "LayerwisePruner",

@@ -55,6 +55,7 @@ class Capabilities:
       selected layers ranked together), or whole "unit"s (channels, heads, layers).
     - block_local: needs one decoder block at a time (so it can stream a model larger than memory).
     - layer_filters: honours `targets` / `ignore`.
+    - takes_stages: runs the refine / reconstruct stages of `prunelab.pruning.stages` (layer-wise engine).
     """
 
     changes_shapes: bool = False
@@ -64,6 +65,7 @@ class Capabilities:
     comparison_group: ComparisonGroup = "layer"
     block_local: bool = True
     layer_filters: bool = True
+    takes_stages: bool = False
 
 
 @dataclass
@@ -156,12 +158,19 @@ class LayerwisePruner(Pruner):
 
     def __init__(self, cfg: PruneConfig, stages: Sequence[str] = ()) -> None:
         super().__init__(cfg)
-        self.refine_stages, self.reconstruct_stages = make_stages(stages, cfg)
+        names = list(dict.fromkeys([*cfg.stages, *stages]))
+        self.refine_stages, self.reconstruct_stages = make_stages(names, cfg)
+        self.stages = [*self.refine_stages, *self.reconstruct_stages]
+        # Statistics collected per layer: the method's, then those its refine stages read (one pass for all).
+        wanted = [self.statistic, *(s.statistic for s in self.refine_stages)]
+        self.statistics = list(dict.fromkeys(n for n in wanted if n is not None))
 
     @property
     def caps(self) -> Capabilities:
         caps = self.capabilities
-        if self.cfg.allocation == "owl" and not caps.needs_calibration:  # OWL's outlier ratios need activations
+        # OWL's outlier ratios and the stages' statistics or block runs need activations
+        needs = self.cfg.allocation == "owl" or any(s.needs_calibration for s in self.stages)
+        if needs and not caps.needs_calibration:
             caps = replace(caps, needs_calibration=True)
         if self.cfg.owl_auto:  # the search prunes and scores whole-model candidates (`pruning.owl_auto`)
             caps = replace(caps, block_local=False)
@@ -178,14 +187,18 @@ class LayerwisePruner(Pruner):
         """
 
     def _apply(
-        self, name: str, module: nn.Module, stat: calibration.Statistic | None, sparsity: float, result: PruneResult
-    ) -> None:
+        self, name: str, module: nn.Module, stats: calibration.StatisticSet | None, sparsity: float,
+        result: PruneResult,
+    ) -> None:  # fmt: skip
         weight = weight_2d(module)
         # float32 weights are pruned in place; others through a float32 copy (the maths wants float32).
         w32 = weight if weight.dtype == torch.float32 else weight.to(torch.float32)
+        dense = w32.clone() if self.refine_stages else w32  # refine stages measure errors against the dense weight
+        stat = stats[self.statistic] if stats is not None and self.statistic else None
         mask = self.prune_weight(name, w32, stat, sparsity)
         for stage in self.refine_stages:
-            mask = stage.refine(name, w32, mask, stat, sparsity, self.pattern)
+            stage_stat = stats[stage.statistic] if stats is not None and stage.statistic else None
+            mask = stage.refine(name, w32, dense, mask, stage_stat, sparsity, self.pattern)
         w32.masked_fill_(mask, 0.0)
         if w32 is not weight:
             weight.copy_(w32.to(weight.dtype))
@@ -213,31 +226,35 @@ class LayerwisePruner(Pruner):
                 self.cfg, self.pattern, self.sparsity, model, store, calib, batch_size, self._layers, result
             )
             inputs = None
-            if self.statistic is not None:
+            if self.statistics or self.reconstruct_stages:
                 assert calib is not None
                 inputs = calibration.capture_block_inputs(model, store.first, calib, batch_size)
                 log.info("captured %d calibration tokens at block 0", inputs.tokens)
-            make_stat = calibration.STATISTICS[self.statistic] if self.statistic else None
+            names = self.statistics
+
+            def make_stat(m: nn.Module) -> calibration.StatisticSet:
+                w = weight_2d(m)
+                return calibration.StatisticSet(names, w.shape[1], w.device)
+
             any_layer = False
             for i in progress(range(n), desc=self.name, unit="block"):
                 block = store.load(i)
                 layers = self._layers(store, i, block)
                 any_layer = any_layer or bool(layers)
                 stats: dict[str, calibration.Statistic] = {}
-                if layers and inputs is not None and make_stat is not None:
-                    stats = calibration.collect_statistics(
-                        block, layers, inputs, lambda m: make_stat(weight_2d(m).shape[1], weight_2d(m).device)
-                    )
+                if layers and inputs is not None and names:
+                    stats = calibration.collect_statistics(block, layers, inputs, make_stat)
+                if layers and inputs is not None:
+                    for stage in self.reconstruct_stages:
+                        stage.capture(i, block, layers, inputs)  # the dense block, before its layers are pruned
                 for name, module in layers.items():
-                    if make_stat is not None and name not in stats:
+                    if names and name not in stats:
                         result.notes.append(f"{name}: never called on calibration data, left dense")
                         log.warning("%s was never called on calibration data; left dense", name)
                         continue
-                    self._apply(name, module, stats.get(name), sparsities[i], result)
+                    self._apply(name, module, stats.get(name), sparsities[i], result)  # type: ignore[arg-type]
                 del stats
-                if self.reconstruct_stages:
-                    if inputs is None:
-                        raise PrunelabError(f"reconstruct stages need calibration inputs; '{self.name}' takes none")
+                if layers and inputs is not None:
                     for stage in self.reconstruct_stages:
                         stage.reconstruct(i, block, layers, inputs)
                 if inputs is not None and i + 1 < n:
@@ -246,5 +263,7 @@ class LayerwisePruner(Pruner):
         if not any_layer:
             raise PrunelabError("the target/ignore filter selects no layer to prune")
         result.notes.extend(self.notes)
+        if self.stages:
+            result.extra["stages"] = [stage.record() for stage in self.stages]
         result.seconds = time.perf_counter() - start
         return result

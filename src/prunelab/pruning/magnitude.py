@@ -24,14 +24,14 @@ class Magnitude(LayerwisePruner):
     name = "magnitude"
     summary = "smallest |W| per layer (or globally with options scope=global); no calibration data"
     Options = MagnitudeOptions
-    capabilities = Capabilities(needs_calibration=False, comparison_group="layer")
+    capabilities = Capabilities(needs_calibration=False, comparison_group="layer", takes_stages=True)
     statistic = None
 
     @property
     def caps(self) -> Capabilities:
         caps = super().caps
         if self.options.scope == "global":  # one ranking over every selected weight: needs them all at once
-            caps = replace(caps, comparison_group="model", block_local=False, supports_nm=False)
+            caps = replace(caps, comparison_group="model", block_local=False, supports_nm=False, takes_stages=False)
         return caps
 
     def prune_weight(self, name: str, weight: torch.Tensor, stat: object, sparsity: float) -> torch.Tensor:

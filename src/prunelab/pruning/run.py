@@ -123,6 +123,7 @@ def prune_report(
     `counts` are `sparsity_report`'s keys, measured on the model in memory or gathered block by block.
     """
     report: dict[str, Any] = {"base_model": source, "config": cfg.model_dump(), "load_seconds": load_seconds}
+    report["recipe"] = cfg.recipe()  # method, options, pattern, allocation, calibration, stages: enough to redo it
     report.update(result.to_dict())
     report["peak_rss_mb"] = peak_rss_mb()
     report["peak_rss_mb_before_prune"] = rss_before_prune

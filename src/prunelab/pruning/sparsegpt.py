@@ -128,7 +128,7 @@ class SparseGPT(LayerwisePruner):
     name = "sparsegpt"
     summary = "OBS pruning with weight reconstruction from the input Hessian (Frantar & Alistarh 2023)"
     Options = SparseGPTOptions
-    capabilities = Capabilities(comparison_group="layer")
+    capabilities = Capabilities(comparison_group="layer", takes_stages=True)
     statistic = "hessian"
 
     def prune_weight(self, name: str, weight: torch.Tensor, stat: Statistic | None, sparsity: float) -> torch.Tensor:

@@ -16,7 +16,7 @@ from prunelab.pruning.masks import nm_mask, per_row_mask
 class Wanda(LayerwisePruner):
     name = "wanda"
     summary = "|W| x input-activation norm, ranked per output row (Sun et al. 2023)"
-    capabilities = Capabilities(comparison_group="row")
+    capabilities = Capabilities(comparison_group="row", takes_stages=True)
     statistic = "sq_norm"
 
     def prune_weight(self, name: str, weight: torch.Tensor, stat: Statistic | None, sparsity: float) -> torch.Tensor:

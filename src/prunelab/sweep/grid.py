@@ -275,7 +275,7 @@ def expand_grid(cfg: SweepConfig) -> list[Point]:
                 runtime_cfg = build(RuntimeConfig, runtime, f"run-time settings of {label}")
             except PrunelabError as e:
                 raise PrunelabError(f"{cfg.where(('grid', i))}: {label}: {e}") from None
-            config = _with_deploy({**shared, "prune": prune_cfg.model_dump()}, deploy)
+            config = _with_deploy({**shared, "prune": prune_cfg.identity()}, deploy)
             if runtime_cfg.activation_sparsity > 0:
                 config["runtime"] = {"activation_sparsity": runtime_cfg.activation_sparsity}
             pid = point_hash(config)
