@@ -85,7 +85,7 @@ def test_alpha_prune_without_calibration(model_factory) -> None:
     assert result.achieved_sparsity == pytest.approx(0.6, abs=0.01)
     for name, layer in result.layers.items():
         assert layer.target_sparsity == block[int(name.split(".")[2])]
-    assert cfg.model_dump()["allocation"] == "alpha" and "alpha_eps" not in cfg.model_dump()  # default: id kept
+    assert cfg.identity()["allocation"] == "alpha" and "alpha_eps" not in cfg.identity()  # default: id kept
 
 
 def test_alpha_keeps_nm_uniform(model_factory, calib) -> None:
