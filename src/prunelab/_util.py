@@ -27,7 +27,8 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -177,6 +178,37 @@ def say_once(logger: logging.Logger, level: int, key: str, msg: str, *args: Any)
         return
     _said.add(key)
     logger.log(level, msg, *args)
+
+
+# ---------------------------------------------------------------- metered spans of work
+
+# label, device -> a context manager yielding the dict that receives the span's energy and carbon at exit
+SpanMeter = Callable[[str, str], contextlib.AbstractContextManager[dict[str, Any]]]
+_SPAN_METER: ContextVar[SpanMeter | None] = ContextVar("prunelab_span_meter", default=None)
+
+
+@contextlib.contextmanager
+def work_span(label: str, device: str = "cpu") -> Iterator[dict[str, Any]]:
+    """Mark a block of work (a training loop, a recovery fine-tune) whose energy and carbon the caller's caller may
+    want. Layers that may not import `measurement` (training, pruning) mark spans; the api installs the meter
+    (`measurement.footprint.metering`). Yields a dict that is filled at exit with `label`, `seconds`, `energy` and
+    `carbon` when a meter is installed, and stays empty when none is."""
+    meter = _SPAN_METER.get()
+    if meter is None:
+        yield {}
+        return
+    with meter(label, device) as record:
+        yield record
+
+
+@contextlib.contextmanager
+def span_meter(meter: SpanMeter) -> Iterator[None]:
+    """Meter every `work_span` entered inside this block (in this thread or context) with `meter`."""
+    token = _SPAN_METER.set(meter)
+    try:
+        yield
+    finally:
+        _SPAN_METER.reset(token)
 
 
 # ---------------------------------------------------------------- output paths

@@ -7,10 +7,12 @@ from typing import Any
 
 from prunelab._util import peak_rss_mb, write_json_atomic
 from prunelab.api.evaluate import evaluate, ppl_values
+from prunelab.config.bench import FootprintConfig
 from prunelab.config.evaluation import EvalConfig
 from prunelab.config.models import ModelConfig
 from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
+from prunelab.measurement.footprint import metering
 from prunelab.models import check_output, check_seqlen, load_model, save_model
 from prunelab.pruning import make_pruner
 from prunelab.pruning.run import check_sources, prune, prune_report, sparsity_report
@@ -25,13 +27,16 @@ def prune_job(
     overwrite: bool = False,
     evaluate_before: bool = True,
     json_path: str | None = None,
+    footprint: FootprintConfig | None = None,
 ) -> dict[str, Any]:
-    """Load, evaluate (`ev`; None = no perplexity), prune, evaluate, save. Returns the JSON report."""
+    """Load, evaluate (`ev`; None = no perplexity), prune, evaluate, save. Returns the JSON report. A training
+    step of the method (structured's LoRA recovery) reports its energy and carbon, measured as `footprint` says."""
     source = source or ModelConfig()
     check_output(output, overwrite)
     pruner = make_pruner(cfg)  # validate method, pattern, sparsity and options before any heavy work
     ppl = list(ev.ppl) if ev is not None else []
     check_sources(pruner, ppl)
+    spans = metering(footprint)  # energy/carbon settings checked now; meters the method's training spans below
     started = time.perf_counter()
     lm = load_model(source.model, dtype=source.dtype, device=source.device, device_map=source.device_map)
     load_seconds = time.perf_counter() - started
@@ -42,7 +47,8 @@ def prune_job(
         if evaluate_before:
             before = ppl_values(evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size))
     rss_before_prune = peak_rss_mb()
-    result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
+    with spans:
+        result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
     after = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev and ppl else {}
     report = prune_report(
         lm.source, cfg, result, pruner.needs_calibration, load_seconds, rss_before_prune, sparsity_report(lm.model)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from prunelab.cli._base import add_field, model_args, model_config, values
+from prunelab.cli._base import add_field, footprint_args, footprint_config, model_args, model_config, values
 from prunelab.config.base import build
 from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
 from prunelab.config.methods import StructuredOptions
@@ -51,6 +51,7 @@ def register(sub: Any) -> None:
     )
     add_field(p, EvalConfig, "seqlen")
     add_field(p, EvalConfig, "max_windows", default=PRUNE_EVAL_WINDOWS)
+    footprint_args(p, "a training step of the method (--recover-steps)")
     p.set_defaults(run=run)
 
 
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         ppl = ["shakespeare"] if args.ppl is None else args.ppl
         ev_fields = {"ppl": ppl, "seqlen": args.seqlen, "max_windows": args.max_windows}
         ev = build(EvalConfig, ev_fields, "evaluation settings") if ppl else None
-        report = api.prune_job(cfg, source, ev, args.output, args.overwrite, not args.no_eval_before, args.json_path)
+        report = api.prune_job(cfg, source, ev, args.output, args.overwrite, not args.no_eval_before, args.json_path,
+                               footprint_config(args))  # fmt: skip
     print_prune(report)
     return 0
 
@@ -123,5 +125,9 @@ def print_prune(report: dict[str, Any]) -> None:
         b = before.get(source)
         change = f"{b:.3f} -> {value:.3f} ({(value / b - 1) * 100:+.1f}%)" if b else f"{value:.3f}"
         print(f"perplexity [{source}]: {change}")
+    if report.get("recovery"):
+        from prunelab.cli.train_aware import print_footprint
+
+        print_footprint("LoRA recovery", report["recovery"])
     if report.get("output"):
         print(f"saved to {report['output']}")

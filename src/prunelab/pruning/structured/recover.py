@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab._util import progress
+from prunelab._util import progress, work_span
 from prunelab.errors import PrunelabError
 from prunelab.models import find_blocks, is_prunable
 
@@ -43,16 +43,19 @@ def lora_recover(
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     losses: list[float] = []
     peft_model.train()
+    footprint: dict[str, Any] = {}
     try:
-        for _ in progress(range(steps), desc="LoRA recovery", unit="step"):
-            idx = torch.randint(0, calib.shape[0], (min(batch_size, calib.shape[0]),), generator=gen)
-            batch = calib[idx].to(device)
-            loss = peft_model(input_ids=batch, labels=batch, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+        # the fine-tune's energy and carbon, when the api meters spans (prunelab.measurement.footprint)
+        with work_span("lora-recovery", str(device)) as footprint:
+            for _ in progress(range(steps), desc="LoRA recovery", unit="step"):
+                idx = torch.randint(0, calib.shape[0], (min(batch_size, calib.shape[0]),), generator=gen)
+                batch = calib[idx].to(device)
+                loss = peft_model(input_ids=batch, labels=batch, use_cache=False).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
     finally:
         merged = peft_model.merge_and_unload()
         assert merged is model, "peft returned a different model object"
@@ -64,4 +67,7 @@ def lora_recover(
                 delattr(model, attr)
     first, last = (losses[0], losses[-1]) if losses else (None, None)
     log.info("LoRA recovery: loss %s -> %s over %d steps", first, last, steps)
-    return {"steps": steps, "lr": lr, "rank": rank, "batch_size": batch_size, "loss_first": first, "loss_last": last}
+    report = {"steps": steps, "lr": lr, "rank": rank, "batch_size": batch_size, "loss_first": first, "loss_last": last}
+    if footprint:
+        report.update(energy=footprint["energy"], carbon=footprint["carbon"], seconds=footprint["seconds"])
+    return report
