@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -276,6 +277,39 @@ def default_file_mode(fd: int) -> None:
     os.fchmod(fd, 0o666 & ~umask)
 
 
+# errors of the disk, not of the program: a full disk or quota, a file too large, a read-only or failing device
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+class WriteError(PrunelabError):
+    """A save that failed for lack of space (or a read-only / failing disk); nothing was left half-written."""
+
+    def __init__(self, target: str | os.PathLike[str], reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"cannot write '{target}': {reason}; nothing was left half-written (an existing output is unchanged)"
+        )
+
+
+def write_error(error: BaseException, target: str | os.PathLike[str]) -> WriteError | None:
+    """The one-line error for a save of `target` that failed because of the disk, else None (a bug stays a bug).
+
+    OSError says it by errno; safetensors' Rust writer raises its own SafetensorError whose text carries the OS
+    error ("I/O error: No space left on device (os error 28)"), so that text is recognised too."""
+    if isinstance(error, WriteError):  # a file inside a folder being saved: name the folder, not the temp path
+        reason = error.reason
+    elif isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+        reason = error.strerror or os.strerror(error.errno or 0)
+    elif isinstance(error, Exception) and not isinstance(error, OSError):
+        codes = [int(c) for c in re.findall(r"os error (\d+)", str(error))]
+        if not any(c in DISK_ERRNOS for c in codes):
+            return None
+        reason = os.strerror(next(c for c in codes if c in DISK_ERRNOS))
+    else:
+        return None
+    return WriteError(target, reason)
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON to `path` through a temporary file in the same folder, then rename over the target."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
@@ -297,9 +331,12 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:  # written as given (CSV keeps its \r\n)
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        disk = write_error(e, path)
+        if disk is not None:
+            raise disk from None
         raise
     finally:
         unregister_temp(Path(tmp))
@@ -330,7 +367,7 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Itera
         if old is not None:
             _remove(old)
             unregister_temp(old)
-    except BaseException:
+    except BaseException as e:
         if old is not None and old.exists():
             if target.exists():
                 _remove(old)  # the new output is in place; only the old one's deletion was cut short
@@ -339,6 +376,9 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Itera
             unregister_temp(old)
         _remove(tmp)
         unregister_temp(tmp)
+        disk = write_error(e, target)  # a full disk while saving: one line naming the output, not the temp file
+        if disk is not None:
+            raise disk from None
         raise
 
 

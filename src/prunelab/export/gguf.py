@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab._util import default_file_mode
+from prunelab._util import default_file_mode, write_error
 from prunelab.config.export import LLAMACPP_QUANTS, QUANT_TYPES, normalize_quant
 from prunelab.errors import PrunelabError
 from prunelab.export import tokenizer as tok_meta
@@ -354,11 +354,14 @@ def export_gguf(
             written.unlink()
             written, extra = extra, None
         os.replace(written, out)
-    except BaseException:
+    except BaseException as e:
         for p in (written, extra):
             if p is not None:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+        disk = write_error(e, out)
+        if disk is not None:
+            raise disk from None
         raise
     types = tensor_types(out)
     notes += _block_notes(q, types, int(model.config.hidden_size), geo)
