@@ -270,11 +270,29 @@ def peak_rss_mb() -> float:
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
-def default_file_mode(fd: int) -> None:
-    """mkstemp creates files readable by the owner only; a result file should get the usual umask permissions."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    return umask
+
+
+def default_file_mode(fd: int) -> None:
+    """mkstemp creates files readable by the owner only; a result file should get the usual umask permissions
+    (0644 under the common umask 022), as a plain `open` or `save_pretrained` would give it."""
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
+def default_tree_modes(root: str | os.PathLike[str]) -> None:
+    """Give a folder about to become an output the usual umask permissions throughout (0755 folders, 0644 files
+    under umask 022): mkdtemp makes it 0700, and safetensors' writer (so `save_pretrained`) creates its files 0600
+    whatever the umask, so another user or a server process could not read the saved model."""
+    umask = _umask()
+    for here, _dirs, files in os.walk(root):
+        os.chmod(here, 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(here, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~umask)
 
 
 # errors of the disk, not of the program: a full disk or quota, a file too large, a read-only or failing device
@@ -356,6 +374,7 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Itera
     old: Path | None = None
     try:
         yield tmp
+        default_tree_modes(tmp)  # the temp folder becomes the output: not mkdtemp's 0700 nor safetensors' 0600
         with critical_section():
             if target.exists() or target.is_symlink():
                 if not overwrite:

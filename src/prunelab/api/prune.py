@@ -53,6 +53,7 @@ def prune_job(
     report = prune_report(
         lm.source, cfg, result, pruner.needs_calibration, load_seconds, rss_before_prune, sparsity_report(lm.model)
     )
+    report.update(lm.base_model_record())  # what the user gave, not this machine's cache path
     if before:
         report["perplexity_before"] = before
     if after:
