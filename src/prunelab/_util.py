@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -164,11 +165,86 @@ def progress_enabled() -> bool:
 
 
 def progress(iterable: Any = None, **kwargs: Any) -> Any:
-    """`tqdm(iterable, **kwargs)`, shown only when `progress_enabled()`: the one way library code makes a bar."""
+    """`tqdm(iterable, **kwargs)` when `progress_enabled()`: the one way library code makes a bar. Without a
+    terminal (a CI or cluster job's log) and without -q, plain log lines instead (`PlainProgress`)."""
     from tqdm.auto import tqdm
 
+    if "disable" not in kwargs and not progress_enabled() and not is_quiet():
+        return PlainProgress(iterable, **kwargs)
     kwargs.setdefault("disable", not progress_enabled())
     return tqdm(iterable, **kwargs)
+
+
+_progress_log = logging.getLogger("prunelab.progress")
+
+
+class PlainProgress:
+    """Progress for a log file: one INFO line per 10% done, at most one per `min_interval` seconds, and a last
+    line when the loop took that long; no carriage returns or escape codes. Nested inner loops (`leave=False`,
+    e.g. the perplexity windows inside a prune+eval run) stay silent, as their bars would vanish on a terminal.
+    The subset of tqdm's interface library code uses: iterate, update, set_postfix, close, `with`."""
+
+    disable = True  # no bar is drawn
+    min_interval = 5.0
+
+    def __init__(self, iterable: Any = None, total: int | None = None, desc: str = "", unit: str = "it",
+                 initial: int = 0, leave: bool = True, **_: Any) -> None:  # fmt: skip
+        self.iterable = iterable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.desc, self.unit, self.n, self.silent = total, desc, unit, initial, not leave
+        self.start = self._last = _clock()
+        self._logged_tenth = initial * 10 // total if total else 0
+        self._postfix = ""
+        self._lines = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_postfix(self, **values: Any) -> None:
+        self._postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.silent or not self.total:
+            return
+        now = _clock()
+        tenth = self.n * 10 // self.total
+        if tenth > self._logged_tenth and self.n < self.total:
+            self._logged_tenth = tenth  # a boundary reached too soon after the last line is skipped
+            if now - self._last >= self.min_interval:
+                self._say(now)
+
+    def close(self) -> None:
+        if self.silent or self.total is None or self.n < self.total or self._logged_tenth > 10:
+            return
+        self._logged_tenth = 11  # once
+        now = _clock()
+        if self._lines or now - self.start >= self.min_interval:
+            self._say(now)
+
+    def _say(self, now: float) -> None:
+        elapsed = now - self.start
+        done = f"{self.n}/{self.total} {self.unit} ({self.n / self.total:.0%})" if self.total else f"{self.n}"
+        left = elapsed / self.n * (self.total - self.n) if self.total and self.n else 0.0
+        eta = f", ~{left:.0f} s left" if self.total and self.n < self.total else ""
+        extra = f", {self._postfix}" if self._postfix else ""
+        _progress_log.info("%s: %s, %.0f s%s%s", self.desc or "progress", done, elapsed, eta, extra)
+        self._last = now
+        self._lines += 1
+
+
+def _clock() -> float:
+    return time.monotonic()
 
 
 def say_once(logger: logging.Logger, level: int, key: str, msg: str, *args: Any) -> None:
