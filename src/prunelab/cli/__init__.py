@@ -14,11 +14,23 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from prunelab import _util
-from prunelab.cli import bench, calibrate, evaluate, export, generate, methods, prune, report, sweep, train_aware
+from prunelab.cli import (
+    bench,
+    calibrate,
+    completion,
+    evaluate,
+    export,
+    generate,
+    methods,
+    prune,
+    report,
+    sweep,
+    train_aware,
+)
 from prunelab.cli._base import Formatter, Parser
 from prunelab.errors import PrunelabError
 
-SUBCOMMANDS = (prune, evaluate, bench, export, calibrate, generate, train_aware, sweep, report, methods)
+SUBCOMMANDS = (prune, evaluate, bench, export, calibrate, generate, train_aware, sweep, report, methods, completion)
 
 
 def _version() -> str:
@@ -83,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "lm_eval"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "light", False):  # e.g. `completion`: no model, no torch
+        return int(args.run(args))
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # our own progress bars say what is going on
