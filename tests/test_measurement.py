@@ -235,8 +235,11 @@ def test_carbon_arithmetic() -> None:
     assert (user.g_per_kwh, user.country, user.source) == (123.0, None, "user")
     with pytest.raises(PrunelabError, match="Did you mean 'FRA'"):
         grid_intensity("FRAA")
-    with pytest.raises(PrunelabError, match="not both"):
-        grid_intensity("FRA", 10.0)
+    # an explicit intensity wins over the country's table value; the location is kept as what it describes
+    fra = grid_intensity("FRA", 10.0)
+    assert (fra.g_per_kwh, fra.country, fra.source, fra.year, fra.region) == (10.0, "FRA", "user", None, None)
+    with pytest.raises(PrunelabError, match="Did you mean 'FRA'"):
+        grid_intensity("FRAA", 10.0)  # a typo in the location is an error even when the number is given
     with pytest.raises(PrunelabError, match="finite"):
         grid_intensity(g_per_kwh=float("inf"))
 
@@ -275,8 +278,12 @@ def test_region_errors() -> None:
         grid_intensity("USA", region="CA-ON")
     with pytest.raises(PrunelabError, match="Did you mean 'US-TX'"):
         grid_intensity(region="US-TXX")
-    with pytest.raises(PrunelabError, match="not both"):
-        grid_intensity(region="US-TX", g_per_kwh=3.0)
+    tx = grid_intensity(region="US-TX", g_per_kwh=3.0)  # explicit wins (source user), region kept
+    assert (tx.g_per_kwh, tx.source, tx.year, tx.region, tx.country) == (3.0, "user", None, "US-TX", "USA")
+    with pytest.raises(PrunelabError, match="in CAN, not USA"):
+        grid_intensity("USA", region="CA-ON", g_per_kwh=3.0)  # a conflicting location still fails
+    with pytest.raises(PrunelabError, match="finite"):
+        grid_intensity(region="US-TX", g_per_kwh=float("nan"))
 
 
 def test_carbon_report_per_1k_tokens_and_per_million_requests() -> None:

@@ -80,11 +80,13 @@ def test_bench_tiny_pruned_model_every_field(tiny_folder: Path, tmp_path: Path, 
 def test_bench_energy_off_and_no_size(tiny_folder: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "off.json"
     args = ["-q", "bench", "--model", str(tiny_folder), *FAST, "--threads", "1", "--energy", "off", "--no-size"]
-    code = main([*args, "--grid-intensity", "100", "--json", str(out)])
+    # --grid-intensity with --region: the explicit number wins (source "user"), the region is kept as the location
+    code = main([*args, "--grid-intensity", "100", "--region", "US-TX", "--json", str(out)])
     assert code == 0
     r = json.loads(out.read_text())
     assert r["energy"]["energy_source"] == "off" and r["energy"]["joules"] is None
     assert r["carbon"]["g_co2eq_per_1k_tokens"] is None and r["carbon"]["grid_intensity"] == 100.0
+    assert (r["carbon"]["source"], r["carbon"]["year"], r["carbon"]["region"]) == ("user", None, "US-TX")
     assert "dense_bytes" not in r["size"] and r["size"]["nonzero_params"] == r["size"]["params"]
     assert r["notes"] == []  # a dense model gets no sparsity note
     assert "energy [" not in capsys.readouterr().out

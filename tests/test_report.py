@@ -178,3 +178,32 @@ def test_report_without_matplotlib_gives_a_hint(monkeypatch: pytest.MonkeyPatch)
     assert report.html is None
     assert report.html_skipped == "plots and the HTML report need matplotlib: " + plots.INSTALL_HINT
     assert "Recommended: s" in report.markdown  # the summary does not need matplotlib
+
+
+def test_cost_axes_start_at_zero_and_captions_fit_the_sweep(monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    from prunelab.report import html, plots
+
+    rows = [
+        P("dense", {"perplexity": 10.0, "decode_tokens_per_s": 11.8, "compact_size_mb": 100.0}, method="dense",
+          sparsity=0.0),
+        P("w50", {"perplexity": 12.0, "decode_tokens_per_s": 15.1, "compact_size_mb": 60.0}, method="wanda"),
+    ]  # fmt: skip
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or b"")
+    plots.plot_costs(rows)
+    size_ax, speed_ax = figures[0].axes[:2]
+    assert speed_ax.get_ylim()[0] == 0 and speed_ax.get_ylim()[1] >= 15.1  # not an 11.8-15.1 axis
+    assert size_ax.get_ylim()[0] == 0
+    assert speed_ax.get_xlabel() == "sparsity"  # no structured points: no structured wording
+    plots.plot_quality(rows)
+    assert figures[-1].axes[0].get_yscale() == "log"  # perplexity keeps its log axis
+
+    captions = html.plot_captions(rows)
+    assert "N:M" not in captions["plot-quality"] and "structured" not in captions["plot-quality"]
+    assert "start at zero" in captions["plot-costs"]
+    both = [*rows, P("s", {"perplexity": 11.0}, method="structured"), P("w24", {"perplexity": 13.0}, pattern="2:4")]
+    captions = html.plot_captions(both)
+    assert "stars are N:M" in captions["plot-quality"] and "structured points" in captions["plot-quality"]
+    page = html.render_html(rows, rows, None, {}, {"title": "t"})
+    assert '<div class="scroll"><table id="points"' in page and ".scroll{overflow-x:auto" in page

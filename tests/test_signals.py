@@ -218,7 +218,7 @@ def test_failure_after_moving_the_old_output_aside_puts_it_back(tmp_path: Path, 
         real_replace(src, dst)
 
     monkeypatch.setattr(_util.os, "replace", fail_second)
-    with pytest.raises(OSError), _util.atomic_dir(target, overwrite=True) as tmp:
+    with pytest.raises(_util.WriteError, match="No space left"), _util.atomic_dir(target, overwrite=True) as tmp:
         (tmp / "v").write_text("new")
     assert (target / "v").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -21,13 +21,16 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -162,11 +165,86 @@ def progress_enabled() -> bool:
 
 
 def progress(iterable: Any = None, **kwargs: Any) -> Any:
-    """`tqdm(iterable, **kwargs)`, shown only when `progress_enabled()`: the one way library code makes a bar."""
+    """`tqdm(iterable, **kwargs)` when `progress_enabled()`: the one way library code makes a bar. Without a
+    terminal (a CI or cluster job's log) and without -q, plain log lines instead (`PlainProgress`)."""
     from tqdm.auto import tqdm
 
+    if "disable" not in kwargs and not progress_enabled() and not is_quiet():
+        return PlainProgress(iterable, **kwargs)
     kwargs.setdefault("disable", not progress_enabled())
     return tqdm(iterable, **kwargs)
+
+
+_progress_log = logging.getLogger("prunelab.progress")
+
+
+class PlainProgress:
+    """Progress for a log file: one INFO line per 10% done, at most one per `min_interval` seconds, and a last
+    line when the loop took that long; no carriage returns or escape codes. Nested inner loops (`leave=False`,
+    e.g. the perplexity windows inside a prune+eval run) stay silent, as their bars would vanish on a terminal.
+    The subset of tqdm's interface library code uses: iterate, update, set_postfix, close, `with`."""
+
+    disable = True  # no bar is drawn
+    min_interval = 5.0
+
+    def __init__(self, iterable: Any = None, total: int | None = None, desc: str = "", unit: str = "it",
+                 initial: int = 0, leave: bool = True, **_: Any) -> None:  # fmt: skip
+        self.iterable = iterable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.desc, self.unit, self.n, self.silent = total, desc, unit, initial, not leave
+        self.start = self._last = _clock()
+        self._logged_tenth = initial * 10 // total if total else 0
+        self._postfix = ""
+        self._lines = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_postfix(self, **values: Any) -> None:
+        self._postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.silent or not self.total:
+            return
+        now = _clock()
+        tenth = self.n * 10 // self.total
+        if tenth > self._logged_tenth and self.n < self.total:
+            self._logged_tenth = tenth  # a boundary reached too soon after the last line is skipped
+            if now - self._last >= self.min_interval:
+                self._say(now)
+
+    def close(self) -> None:
+        if self.silent or self.total is None or self.n < self.total or self._logged_tenth > 10:
+            return
+        self._logged_tenth = 11  # once
+        now = _clock()
+        if self._lines or now - self.start >= self.min_interval:
+            self._say(now)
+
+    def _say(self, now: float) -> None:
+        elapsed = now - self.start
+        done = f"{self.n}/{self.total} {self.unit} ({self.n / self.total:.0%})" if self.total else f"{self.n}"
+        left = elapsed / self.n * (self.total - self.n) if self.total and self.n else 0.0
+        eta = f", ~{left:.0f} s left" if self.total and self.n < self.total else ""
+        extra = f", {self._postfix}" if self._postfix else ""
+        _progress_log.info("%s: %s, %.0f s%s%s", self.desc or "progress", done, elapsed, eta, extra)
+        self._last = now
+        self._lines += 1
+
+
+def _clock() -> float:
+    return time.monotonic()
 
 
 def say_once(logger: logging.Logger, level: int, key: str, msg: str, *args: Any) -> None:
@@ -177,6 +255,37 @@ def say_once(logger: logging.Logger, level: int, key: str, msg: str, *args: Any)
         return
     _said.add(key)
     logger.log(level, msg, *args)
+
+
+# ---------------------------------------------------------------- metered spans of work
+
+# label, device -> a context manager yielding the dict that receives the span's energy and carbon at exit
+SpanMeter = Callable[[str, str], contextlib.AbstractContextManager[dict[str, Any]]]
+_SPAN_METER: ContextVar[SpanMeter | None] = ContextVar("prunelab_span_meter", default=None)
+
+
+@contextlib.contextmanager
+def work_span(label: str, device: str = "cpu") -> Iterator[dict[str, Any]]:
+    """Mark a block of work (a training loop, a recovery fine-tune) whose energy and carbon the caller's caller may
+    want. Layers that may not import `measurement` (training, pruning) mark spans; the api installs the meter
+    (`measurement.footprint.metering`). Yields a dict that is filled at exit with `label`, `seconds`, `energy` and
+    `carbon` when a meter is installed, and stays empty when none is."""
+    meter = _SPAN_METER.get()
+    if meter is None:
+        yield {}
+        return
+    with meter(label, device) as record:
+        yield record
+
+
+@contextlib.contextmanager
+def span_meter(meter: SpanMeter) -> Iterator[None]:
+    """Meter every `work_span` entered inside this block (in this thread or context) with `meter`."""
+    token = _SPAN_METER.set(meter)
+    try:
+        yield
+    finally:
+        _SPAN_METER.reset(token)
 
 
 # ---------------------------------------------------------------- output paths
@@ -237,11 +346,62 @@ def peak_rss_mb() -> float:
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
-def default_file_mode(fd: int) -> None:
-    """mkstemp creates files readable by the owner only; a result file should get the usual umask permissions."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    return umask
+
+
+def default_file_mode(fd: int) -> None:
+    """mkstemp creates files readable by the owner only; a result file should get the usual umask permissions
+    (0644 under the common umask 022), as a plain `open` or `save_pretrained` would give it."""
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
+def default_tree_modes(root: str | os.PathLike[str]) -> None:
+    """Give a folder about to become an output the usual umask permissions throughout (0755 folders, 0644 files
+    under umask 022): mkdtemp makes it 0700, and safetensors' writer (so `save_pretrained`) creates its files 0600
+    whatever the umask, so another user or a server process could not read the saved model."""
+    umask = _umask()
+    for here, _dirs, files in os.walk(root):
+        os.chmod(here, 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(here, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~umask)
+
+
+# errors of the disk, not of the program: a full disk or quota, a file too large, a read-only or failing device
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+class WriteError(PrunelabError):
+    """A save that failed for lack of space (or a read-only / failing disk); nothing was left half-written."""
+
+    def __init__(self, target: str | os.PathLike[str], reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"cannot write '{target}': {reason}; nothing was left half-written (an existing output is unchanged)"
+        )
+
+
+def write_error(error: BaseException, target: str | os.PathLike[str]) -> WriteError | None:
+    """The one-line error for a save of `target` that failed because of the disk, else None (a bug stays a bug).
+
+    OSError says it by errno; safetensors' Rust writer raises its own SafetensorError whose text carries the OS
+    error ("I/O error: No space left on device (os error 28)"), so that text is recognised too."""
+    if isinstance(error, WriteError):  # a file inside a folder being saved: name the folder, not the temp path
+        reason = error.reason
+    elif isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+        reason = error.strerror or os.strerror(error.errno or 0)
+    elif isinstance(error, Exception) and not isinstance(error, OSError):
+        codes = [int(c) for c in re.findall(r"os error (\d+)", str(error))]
+        if not any(c in DISK_ERRNOS for c in codes):
+            return None
+        reason = os.strerror(next(c for c in codes if c in DISK_ERRNOS))
+    else:
+        return None
+    return WriteError(target, reason)
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
@@ -265,9 +425,12 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:  # written as given (CSV keeps its \r\n)
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        disk = write_error(e, path)
+        if disk is not None:
+            raise disk from None
         raise
     finally:
         unregister_temp(Path(tmp))
@@ -287,6 +450,7 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Itera
     old: Path | None = None
     try:
         yield tmp
+        default_tree_modes(tmp)  # the temp folder becomes the output: not mkdtemp's 0700 nor safetensors' 0600
         with critical_section():
             if target.exists() or target.is_symlink():
                 if not overwrite:
@@ -298,7 +462,7 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Itera
         if old is not None:
             _remove(old)
             unregister_temp(old)
-    except BaseException:
+    except BaseException as e:
         if old is not None and old.exists():
             if target.exists():
                 _remove(old)  # the new output is in place; only the old one's deletion was cut short
@@ -307,6 +471,9 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Itera
             unregister_temp(old)
         _remove(tmp)
         unregister_temp(tmp)
+        disk = write_error(e, target)  # a full disk while saving: one line naming the output, not the temp file
+        if disk is not None:
+            raise disk from None
         raise
 
 

@@ -49,6 +49,18 @@ class LoadedModel:
     model: nn.Module
     tokenizer: Any | None
     source: str
+    spec: str | None = None  # what the user gave (None: the embedded default)
+
+    def base_model_record(self) -> dict[str, Any]:
+        """`base_model` as the user gave it, portable to another machine: the default model's name or a hub id
+        as such, a path as typed; the local folder it was loaded from (a cache path) only as `base_model_path`."""
+        given = self.spec
+        if given in (None, "", "default", DEFAULT_MODEL_NAME):
+            given = DEFAULT_MODEL_NAME
+        record: dict[str, Any] = {"base_model": given}
+        if self.source != given:
+            record["base_model_path"] = self.source
+        return record
 
 
 def cache_dir() -> Path:
@@ -246,7 +258,7 @@ def load_model(
     except (OSError, ValueError, TypeError) as e:
         log.warning("no tokenizer for %s (%s); only calibration-free methods will work", source, e)
         tokenizer = None
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, spec=spec)
 
 
 def _get(module: nn.Module, path: str) -> Any:

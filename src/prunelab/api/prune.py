@@ -10,11 +10,13 @@ from prunelab import data
 from prunelab._util import peak_rss_mb, write_json_atomic
 from prunelab.api.evaluate import evaluate, ppl_values
 from prunelab.api.recover import check_method, check_output_or_resume, load_teacher, recover_model
+from prunelab.config.bench import FootprintConfig
 from prunelab.config.evaluation import EvalConfig
 from prunelab.config.models import ModelConfig
 from prunelab.config.prune import PruneConfig
 from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
+from prunelab.measurement.footprint import metering
 from prunelab.models import check_output, check_seqlen, load_model, save_model
 from prunelab.pruning import make_pruner
 from prunelab.pruning.run import check_sources, prune, prune_report, sparsity_report
@@ -33,9 +35,11 @@ def prune_job(
     json_path: str | None = None,
     recover: RecoverConfig | None = None,
     teacher: str | None = None,
+    footprint: FootprintConfig | None = None,
 ) -> dict[str, Any]:
     """Load, evaluate (`ev`; None = no perplexity), prune, [recover (api/recover.py)], evaluate, save. Returns the
-    JSON report. `teacher`: the dense model to distill from; default the input model as loaded, before pruning."""
+    JSON report. `teacher`: the dense model to distill from; default the input model as loaded, before pruning.
+    Training steps (structured's --recover-steps, --recover) report their energy and carbon as `footprint` says."""
     source = source or ModelConfig()
     pruner = make_pruner(cfg)  # validate method, pattern, sparsity and options before any heavy work
     if recover is not None:
@@ -46,6 +50,7 @@ def prune_job(
         check_output(output, overwrite)
     ppl = list(ev.ppl) if ev is not None else []
     check_sources(pruner, ppl)
+    spans = metering(footprint)  # energy/carbon settings checked now; meters the method's training spans below
     started = time.perf_counter()
     lm = load_model(source.model, dtype=source.dtype, device=source.device, device_map=source.device_map)
     load_seconds = time.perf_counter() - started
@@ -59,22 +64,24 @@ def prune_job(
     if recover is not None and recover.mode == "distill":
         dense = load_teacher(teacher, source, lm) if teacher else copy.deepcopy(lm.model)
     rss_before_prune = peak_rss_mb()
-    result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
-    recovery = None
-    if recover is not None:
-        pruned_ppl = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev and ppl \
-            else {}  # fmt: skip
-        identity = {"model": lm.source, "prune": cfg.model_dump(), "teacher": teacher}
-        recovery = recover_model(lm.model, lm.tokenizer, recover, dense, output, result.extra.get("removed_layers"),
-                                 identity)  # fmt: skip
-        recovery.update(teacher=teacher or lm.source, perplexity_before_recovery=ppl_values(pruned_ppl))
-        del dense
+    with spans:
+        result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
+        recovery = None
+        if recover is not None:
+            pruned_ppl = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) \
+                if ev and ppl else {}  # fmt: skip
+            identity = {"model": lm.source, "prune": cfg.model_dump(), "teacher": teacher}
+            recovery = recover_model(lm.model, lm.tokenizer, recover, dense, output,
+                                     result.extra.get("removed_layers"), identity)  # fmt: skip
+            recovery.update(teacher=teacher or lm.source, perplexity_before_recovery=ppl_values(pruned_ppl))
+            del dense
     after = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev and ppl else {}
     report = prune_report(
         lm.source, cfg, result, pruner.needs_calibration, load_seconds, rss_before_prune, sparsity_report(lm.model)
     )
     if recovery is not None:
         report["recovery"] = recovery
+    report.update(lm.base_model_record())  # what the user gave, not this machine's cache path
     if before:
         report["perplexity_before"] = before
     if after:

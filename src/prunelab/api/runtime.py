@@ -105,7 +105,7 @@ def calibrate_activations_job(
     if folder is not None:
         write_calibrated_folder(folder, table, output, overwrite=overwrite, link=True)
     else:  # a hub id: save the model as a plain folder, then add the table
-        save_model(lm.model, lm.tokenizer, output, {"base_model": lm.source}, overwrite)
+        save_model(lm.model, lm.tokenizer, output, lm.base_model_record(), overwrite)
         table.save(output)
     report = {
         "model": lm.source,

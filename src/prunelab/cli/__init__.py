@@ -17,6 +17,7 @@ from prunelab import _util
 from prunelab.cli import (
     bench,
     calibrate,
+    completion,
     evaluate,
     export,
     generate,
@@ -30,7 +31,9 @@ from prunelab.cli import (
 from prunelab.cli._base import Formatter, Parser
 from prunelab.errors import PrunelabError
 
-SUBCOMMANDS = (prune, recover, evaluate, bench, export, calibrate, generate, train_aware, sweep, report, methods)
+SUBCOMMANDS = (
+    prune, recover, evaluate, bench, export, calibrate, generate, train_aware, sweep, report, methods, completion,
+)
 
 
 def _version() -> str:
@@ -95,6 +98,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "lm_eval"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "light", False):  # e.g. `completion`: no model, no torch
+        return int(args.run(args))
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # our own progress bars say what is going on

@@ -10,6 +10,7 @@ from typing import Any, Literal, NoReturn, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from prunelab.config.bench import FOOTPRINT_FIELDS, FootprintConfig
 from prunelab.config.models import ModelConfig
 from prunelab.errors import did_you_mean
 
@@ -113,3 +114,16 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 def values(args: argparse.Namespace, names: Any) -> dict[str, Any]:
     """The parsed values of these fields, as a config's keyword arguments."""
     return {name: getattr(args, name) for name in names}
+
+
+def footprint_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--energy, --country, --region, --grid-intensity, --cpu-watts (bench's fields) for the footprint of `what`."""
+    group = p.add_argument_group(f"energy and carbon of {what} (as in `prunelab bench`)")
+    for name in FOOTPRINT_FIELDS:
+        add_field(group, FootprintConfig, name)
+
+
+def footprint_config(args: argparse.Namespace) -> Any:
+    from prunelab.config.base import build
+
+    return build(FootprintConfig, values(args, FOOTPRINT_FIELDS), "energy/carbon settings")

@@ -23,11 +23,8 @@ def register(sub: Any) -> None:
         add_field(p, BenchConfig, name, flag)
     for name in ("gen_len", "repeats", "warmup", "threads", "energy"):
         add_field(p, BenchConfig, name)
-    where = p.add_mutually_exclusive_group()
-    add_field(where, BenchConfig, "country")
-    add_field(where, BenchConfig, "grid_intensity")
-    add_field(p, BenchConfig, "region")
-    add_field(p, BenchConfig, "cpu_watts")
+    for name in ("country", "region", "grid_intensity", "cpu_watts"):
+        add_field(p, BenchConfig, name)
     # --sparse-kernels [auto|off]: the CPU runtime's choice (RuntimeConfig); given explicitly as auto (or bare, as
     # before), it also runs 2:4 layers on sparse GPU kernels (BenchConfig.sparse_kernels, on a GPU only).
     runtime_args(p, kernels_default=None, nargs="?", const="auto",

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from prunelab.cli._base import add_field, model_args, model_config, values
+from prunelab.cli._base import add_field, footprint_args, footprint_config, model_args, model_config, values
 from prunelab.cli.recover import print_recovery, recover_args, recover_config
 from prunelab.config.base import build
 from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
@@ -75,6 +75,7 @@ def register(sub: Any) -> None:
     add_field(p, EvalConfig, "seqlen")
     add_field(p, EvalConfig, "max_windows", default=PRUNE_EVAL_WINDOWS)
     recover_args(p)
+    footprint_args(p, "a training step of the method (--recover-steps)")
     p.set_defaults(run=run)
 
 
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         ev_fields = {"ppl": ppl, "seqlen": args.seqlen, "max_windows": args.max_windows}
         ev = build(EvalConfig, ev_fields, "evaluation settings") if ppl else None
         report = api.prune_job(cfg, source, ev, args.output, args.overwrite, not args.no_eval_before, args.json_path,
-                               recovery, args.teacher)  # fmt: skip
+                               recovery, args.teacher, footprint_config(args))  # fmt: skip
     print_prune(report)
     return 0
 
@@ -172,5 +173,9 @@ def print_prune(report: dict[str, Any]) -> None:
         b = before.get(source)
         change = f"{b:.3f} -> {value:.3f} ({(value / b - 1) * 100:+.1f}%)" if b else f"{value:.3f}"
         print(f"perplexity [{source}]: {change}")
+    if report.get("recovery"):
+        from prunelab.cli.train_aware import print_footprint
+
+        print_footprint("LoRA recovery", report["recovery"])
     if report.get("output"):
         print(f"saved to {report['output']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prunelab.cli._base import add_field
+from prunelab.cli._base import add_field, footprint_args, footprint_config
 from prunelab.config.train_aware import COMPARED, PRESETS, TrainAwareConfig
 
 OVERRIDES = ["epochs", "steps_per_epoch", "batch_size", "seqlen", "last_k", "eval_windows", "train_chars", "seed",
@@ -24,6 +24,7 @@ def register(sub: Any) -> None:
         suffix = f"override the preset (default: the preset's{f', else {shown}' if shown is not None else ''})"
         add_field(p, TrainAwareConfig, name, default=None, help=f"{info.description or name.replace('_', ' ')}: "
                   f"{suffix}")  # fmt: skip
+    footprint_args(p, "the training run")
     p.set_defaults(run=run)
 
 
@@ -31,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from prunelab import api
 
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
-    report = api.train_aware_job(args.preset, overrides, json_path=args.json_path, plot_path=args.plot)
+    report = api.train_aware_job(
+        args.preset, overrides, json_path=args.json_path, plot_path=args.plot, footprint=footprint_config(args)
+    )
     labels = list(COMPARED)
     print(
         f"{report['model']['params']:,} parameters, trained {report['training']['seconds']:.0f} s; "
@@ -44,9 +47,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"{c:11.0%}  " + "  ".join(f"{r['val_loss']:10.4f} ({r['perplexity']:7.3f})" for r in cells))
     for r in report["threshold_sweep"]:
         print(f"PruneRate {r['prune_rate']:<5g} -> sparsity {r['achieved_sparsity']:.3f}, val loss {r['val_loss']:.4f}")
+    print_footprint("training", report["training"])
     print(
         f"wall time {report['wall_seconds']:.0f} s"
         + (f"; json {args.json_path}" if args.json_path else "")
         + (f"; plot {report['plot']}" if report.get("plot") else "")
     )
     return 0
+
+
+def print_footprint(what: str, section: dict[str, Any]) -> None:
+    """One line: the energy and carbon of a training run, labelled like bench's (source, method, estimate)."""
+    energy, carbon = section.get("energy"), section.get("carbon")
+    if not energy or energy.get("joules") is None or not carbon:
+        return
+    label = "ESTIMATE" if energy["is_estimate"] else "measured"
+    where = carbon.get("region") or carbon.get("country") or "user"
+    print(
+        f"{what} energy [{energy['energy_source']}, {energy.get('method') or '?'}, {label}]: "
+        f"{energy['joules']:.1f} J ({energy['kwh']:.3g} kWh); carbon [{where} {carbon['grid_intensity']:g} "
+        f"gCO2eq/kWh, {carbon.get('source') or '?'}; year {carbon.get('year') or 'unknown'}]: "
+        f"{carbon['g_co2eq']:.4g} g CO2eq"
+    )

@@ -6,7 +6,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
-from prunelab.config.base import StrictModel
+from prunelab.config.base import StrictModel, section
 
 Energy = Literal["auto", "rapl", "nvml", "estimate", "off"]
 ENERGY_CHOICES: tuple[str, ...] = get_args(Energy)
@@ -29,7 +29,13 @@ class BenchConfig(StrictModel):
     region: str | None = Field(
         None, description="sub-national grid (CodeCarbon's data): US-TX, CA-QC, CN-BJ, SE3, or a state with --country"
     )
-    grid_intensity: float | None = Field(None, ge=0, allow_inf_nan=False, description="gCO2eq per kWh, your own number")
+    grid_intensity: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="gCO2eq per kWh, your own number; wins over --country/--region (recorded as source 'user', "
+        "the location kept)",
+    )
     cpu_watts: float | None = Field(
         None,
         gt=0,
@@ -47,3 +53,15 @@ class BenchConfig(StrictModel):
         if any(x < 1 for x in v):
             raise ValueError(f"values must be >= 1, got {v}")
         return v
+
+
+# The energy and carbon settings of any metered block of work (a training run, a recovery fine-tune): a view of
+# BenchConfig's fields, so `--energy`, `--country`, `--region`, `--grid-intensity` and `--cpu-watts` mean the same
+# everywhere. A grid intensity given together with a country/region wins (source "user"); the location is kept.
+FOOTPRINT_FIELDS = ("energy", "country", "region", "grid_intensity", "cpu_watts")
+FootprintConfig = section(
+    "FootprintConfig",
+    "How the energy and carbon of a block of work are measured (the bench's energy/carbon flags).",
+    BenchConfig,
+    {k: k for k in FOOTPRINT_FIELDS},
+)

@@ -24,6 +24,8 @@ from prunelab.models import next_token_nll
 log = logging.getLogger(__name__)
 
 LOGITS_BUDGET_BYTES = 512 * 2**20
+# an evaluation expected to take longer than this logs its estimate after the first batch (see _say_estimate)
+ESTIMATE_AFTER_S = 60.0
 
 
 @dataclass
@@ -48,6 +50,18 @@ def auto_batch_size(seqlen: int, vocab: int) -> int:
     return max(1, LOGITS_BUDGET_BYTES // (seqlen * vocab * 4 * 2))
 
 
+def _say_estimate(desc: str, n: int, batch_size: int, batches: int, first_s: float) -> None:
+    """Before a long evaluation, say how long it will take (the first batch's measured time x the batches), so a
+    user who did not mean to score every window of a corpus can stop and pass --max-windows."""
+    estimate = first_s * batches
+    if estimate >= ESTIMATE_AFTER_S:
+        log.info(
+            "%s: %d windows (%d batches of %d) x %.3g s for the first batch = about %.0f s (%.1f min) in all; "
+            "--max-windows caps it",
+            desc, n, batches, batch_size, first_s, estimate, estimate / 60,
+        )  # fmt: skip
+
+
 def perplexity(
     model: nn.Module, windows: torch.Tensor, batch_size: int | None = None, desc: str = "perplexity"
 ) -> PerplexityResult:
@@ -62,10 +76,13 @@ def perplexity(
     start = time.perf_counter()
     was_training = model.training
     model.eval()
+    batches = math.ceil(n / batch_size)
     with torch.no_grad():
         for a in progress(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
             batch = windows[a : a + batch_size].to(device)
             total_nll += next_token_nll(model, batch)
+            if a == 0:
+                _say_estimate(desc, n, batch_size, batches, time.perf_counter() - start)
     if device.type == "cuda":
         torch.cuda.synchronize()
     model.train(was_training)

@@ -35,7 +35,15 @@ import torch
 from torch import nn
 
 from prunelab import data
-from prunelab._util import check_memory, check_writable, environment, peak_rss_mb, progress, write_json_atomic
+from prunelab._util import (
+    check_memory,
+    check_writable,
+    environment,
+    peak_rss_mb,
+    progress,
+    work_span,
+    write_json_atomic,
+)
 from prunelab.config.prune import PruneConfig
 from prunelab.config.train_aware import COMPARED, LEVELS, PRESETS, PRUNE_RATES, TrainAwareConfig, make_config
 from prunelab.errors import PrunelabError
@@ -254,7 +262,8 @@ def _run(cfg: TrainAwareConfig, preset: str, json_path: str | None, plot_path: s
     log.info("model: %d parameters (%d in prunable layers), vocab %d", params, prunable, tokenizer.vocab_size)
     tracker = TrajectoryTracker(model, last_k=cfg.last_k, weighting=cfg.weighting)
     t0 = time.perf_counter()
-    curve = train(model, cfg, ids, epoch_val, TrajectoryCallback(tracker))
+    with work_span("training") as footprint:  # metered when the caller installs a meter (api.train_aware_job)
+        curve = train(model, cfg, ids, epoch_val, TrajectoryCallback(tracker))
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     levels, threshold = prune_levels(model, cfg, val)
@@ -269,6 +278,9 @@ def _run(cfg: TrainAwareConfig, preset: str, json_path: str | None, plot_path: s
             "tokens": cfg.epochs * cfg.steps_per_epoch * cfg.batch_size * cfg.seqlen,
             "train_chars": len(train_text),
             "curve": curve,
+            # energy and carbon of the training loop itself (the per-epoch validation included), labelled like
+            # bench's; absent when nobody meters (the api always does)
+            **({"energy": footprint["energy"], "carbon": footprint["carbon"]} if footprint else {}),
         },
         "tracker": {
             "last_k": tracker.last_k,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab._util import default_file_mode
+from prunelab._util import default_file_mode, write_error
 from prunelab.config.export import LLAMACPP_QUANTS, QUANT_TYPES, normalize_quant
 from prunelab.errors import PrunelabError
 from prunelab.export import tokenizer as tok_meta
@@ -285,8 +285,13 @@ def gguf_source(spec: str | None, folder: str | os.PathLike[str] | None = None) 
         src = _read_json(here / "prunelab-source.json")
         if src and isinstance(src.get("gguf"), str) and Path(src["gguf"]).is_file():
             return Path(src["gguf"])
-        meta = _read_json(here / "prunelab.json")
-        base = meta.get("base_model") if meta else None
+        meta = _read_json(here / "prunelab.json") or {}
+        base, local = meta.get("base_model"), meta.get("base_model_path")
+        if isinstance(base, str) and (base in ("default", models.DEFAULT_MODEL_NAME) or base.endswith(".gguf")):
+            found = gguf_source(base)  # pruned from the embedded default or from a GGUF file
+            if found is not None:
+                return found
+        base = local if isinstance(local, str) else base  # the folder it was loaded from, when recorded
         here = Path(base) if isinstance(base, str) else None
     return None
 
@@ -354,11 +359,14 @@ def export_gguf(
             written.unlink()
             written, extra = extra, None
         os.replace(written, out)
-    except BaseException:
+    except BaseException as e:
         for p in (written, extra):
             if p is not None:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+        disk = write_error(e, out)
+        if disk is not None:
+            raise disk from None
         raise
     types = tensor_types(out)
     notes += _block_notes(q, types, int(model.config.hidden_size), geo)

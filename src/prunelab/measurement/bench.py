@@ -18,6 +18,7 @@ from prunelab._util import check_memory, environment
 from prunelab.config.bench import BenchConfig
 from prunelab.measurement.carbon import GridIntensity, grams_co2eq, grid_intensity
 from prunelab.measurement.energy import EnergyReading, select_meter
+from prunelab.measurement.footprint import intensity_fields
 from prunelab.measurement.latency import decode, prefill
 from prunelab.measurement.memory import PeakMemory
 from prunelab.measurement.size import measure_sizes, unique_tensors
@@ -109,12 +110,7 @@ def energy_report(
 def carbon_report(energy: dict[str, Any], intensity: GridIntensity, cfg: BenchConfig) -> dict[str, Any]:
     """grams CO2eq of the energy section at the config's grid intensity (any runtime)."""
     report: dict[str, Any] = {
-        "grid_intensity": intensity.g_per_kwh,
-        "country": intensity.country,
-        "region": intensity.region,
-        "intensity_source": intensity.source,
-        "source": intensity.source,
-        "year": intensity.year,
+        **intensity_fields(intensity),
         "request_shape": {"prompt_tokens": cfg.prompt_lens[0], "generated_tokens": cfg.gen_len, "batch": 1},
     }
     if energy.get("joules") is None:

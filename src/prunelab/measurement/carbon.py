@@ -180,17 +180,19 @@ def grid_intensity(
 
     `region` is what the CLI's `--region` passes: an ISO 3166-2 code (`US-TX`, `CA-QC`, `CN-BJ`), a Nordic bidding
     zone (`SE3`, `NO1`, `FI`), or a state/province code or name when `country` is given (`TX`, `texas`, `quebec`).
+
+    Precedence: an explicit `g_per_kwh` wins over any table (the user's utility or a live figure is better than an
+    annual average) and is recorded with source "user" and no year; a country/region given with it is still
+    checked (a typo fails) and kept as the location the number describes.
     """
-    if g_per_kwh is not None and (country is not None or region is not None):
-        raise PrunelabError("give either a country/region or a grid intensity, not both")
-    if g_per_kwh is not None:
-        if not math.isfinite(g_per_kwh) or g_per_kwh < 0:
-            raise PrunelabError(f"grid intensity must be a finite number >= 0 gCO2eq/kWh, got {g_per_kwh}")
-        return GridIntensity(float(g_per_kwh), None, "user", None)
+    if g_per_kwh is not None and (not math.isfinite(g_per_kwh) or g_per_kwh < 0):
+        raise PrunelabError(f"grid intensity must be a finite number >= 0 gCO2eq/kWh, got {g_per_kwh}")
     code = _country_code(country) if country is not None else None
-    if region is not None:
-        return regions()[_region_code(region, code)]
-    return countries()[code or WORLD]
+    found = regions()[_region_code(region, code)] if region is not None else countries()[code or WORLD]
+    if g_per_kwh is not None:
+        located = country is not None or region is not None
+        return GridIntensity(float(g_per_kwh), found.country if located else None, "user", None, found.region)
+    return found
 
 
 def grams_co2eq(joules: float, g_per_kwh: float) -> float:

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from prunelab._util import default_file_mode
+from prunelab._util import default_file_mode, write_error
 from prunelab.errors import PrunelabError
 
 FORMAT = "prunelab-compact"
@@ -227,9 +227,17 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            default_file_mode(fd)  # safetensors recreates the file 0600
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        disk = write_error(e, path)
+        if disk is not None:
+            raise disk from None
         raise
 
 

@@ -24,6 +24,7 @@ h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;borde
 .rec{background:#eef7ee;border-left:4px solid #2ca02c;padding:.6em 1em;font-size:1.05em}
 .note{color:#555;font-size:.92em} .est{background:#fff3cd;border-radius:3px;padding:0 .3em;font-size:.85em}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.88em} th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}
 th{background:#f4f4f4;cursor:pointer;user-select:none;position:sticky;top:0}
 td:first-child,th:first-child{text-align:left}
@@ -77,7 +78,8 @@ def _table(rows: Sequence[Row], frontier: Sequence[Row], selection: Selection | 
         front = "recommended" if "rec" in classes else ("frontier" if id(r) in on_front else "")
         cells.append(f'<td data-v="{_e(front)}">{_e(front)}</td>')
         body.append(f'<tr class="{" ".join(classes)}">{"".join(cells)}</tr>')
-    return f'<table id="points" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    table = f'<table id="points" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<div class="scroll">{table}</div>'  # a wide table scrolls inside the page instead of overflowing it
 
 
 def _dl(items: dict[str, Any]) -> str:
@@ -105,6 +107,24 @@ def _energy_note(rows: Sequence[Row]) -> str:
     return f"<p class='note'>{_e(text)}</p>"
 
 
+def plot_captions(rows: Sequence[Row]) -> dict[str, str]:
+    """Captions that describe this sweep's points only (no N:M stars or structured axis when there are none)."""
+    nm = any(":" in r.pattern for r in rows)
+    structured = any(r.method == "structured" for r in rows)
+    quality = "Quality vs sparsity for each method (perplexity on a log scale)"
+    quality += "; stars are N:M patterns." if nm else "."
+    if structured:
+        quality += " For structured points the sparsity is the share of decoder-block parameters removed."
+    return {
+        "plot-quality": quality,
+        "plot-costs": "What pruning buys vs sparsity: checkpoint size, decode speed and energy per generated token. "
+        "Linear axes start at zero, so a difference inside the run-to-run noise of a timing (often +-10-30% on a "
+        "shared CPU) looks as small as it is; compare against the dense line before reading a speedup.",
+        "plot-pareto": "Quality against cost for every point; the line is the Pareto frontier, the ring the "
+        "recommended point.",
+    }
+
+
 def render_html(
     rows: Sequence[Row],
     frontier: Sequence[Row],
@@ -126,12 +146,7 @@ def render_html(
     if dense is not None:
         dense_items = {c.header: c.show(dense) for c in columns([dense]) if c.key not in ("label", "pattern")}
         parts += ["<h2>Dense baseline</h2>", _dl(dense_items)]
-    captions = {
-        "plot-quality": "Quality vs sparsity for each method (perplexity on a log scale); stars are N:M patterns.",
-        "plot-costs": "What pruning buys vs sparsity: checkpoint size, decode speed and energy per generated token.",
-        "plot-pareto": "Quality against cost for every point; the line is the Pareto frontier, the ring the "
-        "recommended point.",
-    }
+    captions = plot_captions(rows)
     parts.append("<h2>Plots</h2>")
     for ident in PLOT_IDS:
         if ident in plots:

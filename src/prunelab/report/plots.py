@@ -85,7 +85,8 @@ def _plot_vs_sparsity(ax: Any, rows: Sequence[Row], name: str, colors: dict[str,
         drawn = True
     if m.log_scale:
         _log_y(ax)
-    ax.set_xlabel("sparsity (structured: share of block parameters removed)")
+    structured = any(r.method == "structured" for r in rows)  # say what the x axis means for structured points
+    ax.set_xlabel("sparsity (structured: share of block parameters removed)" if structured else "sparsity")
     ax.set_ylabel(f"{m.label}{f' [{m.unit}]' if m.unit else ''}")
     ax.grid(True, which="both", alpha=0.3)
     return drawn
@@ -148,6 +149,10 @@ def plot_costs(rows: Sequence[Row]) -> bytes:
             ax.set_title(title)
             continue
         _plot_vs_sparsity(ax, rows, name, colors)
+        if not metric(name).log_scale:
+            # From zero: a 12-15 tok/s axis makes run-to-run noise look like a 1.3x speedup (bench/RESULTS.md
+            # measures a +-10-30% spread of decode speed on a shared CPU).
+            ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.05)
         if name == "energy_j_per_token" and energy_is_estimate(rows):
             title += " (ESTIMATE)"
         if name == "compact_size_mb":

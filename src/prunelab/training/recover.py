@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab._util import progress, progress_enabled
+from prunelab._util import progress, progress_enabled, work_span
 from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import find_blocks, is_prunable
@@ -173,6 +173,9 @@ def recover(
     bar = progress(total=steps, initial=start, desc=f"recovery ({cfg.mode})", unit="step",
                    disable=not (progress_enabled() and acc.is_main_process))  # fmt: skip
     every = max(1, steps // 20)
+    # Energy and carbon of this run's steps (not of a resumed run's earlier ones), when the api meters spans.
+    span = contextlib.ExitStack()
+    footprint = span.enter_context(work_span(f"{cfg.mode}-recovery", str(acc.device)))
     try:
         for step in range(start, steps):
             for group in optim.param_groups:
@@ -216,6 +219,7 @@ def recover(
                         Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR)  # fmt: skip
         raise
     finally:
+        span.close()
         bar.close()
         if cfg.trains == "lora":
             merge_lora(lm, student)
@@ -232,6 +236,8 @@ def recover(
         "losses": [round(x, 5) for x in losses], "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9),
         "layer_map": t_keep, "blocks": prefix,
     }  # fmt: skip
+    if footprint:
+        record.update(energy=footprint["energy"], carbon=footprint["carbon"], metered_seconds=footprint["seconds"])
     log.info("recovery %s: loss %.4f -> %.4f over %d steps (%d tokens, %.0f tokens/s)", cfg.mode,
              record["loss_first"], record["loss_last"], steps, tokens, record["tokens_per_second"])  # fmt: skip
     return record
