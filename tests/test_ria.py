@@ -117,13 +117,14 @@ def test_mirrored_permutation_computes_what_the_unpermuted_mask_would(model_fact
     assert is_valid_nm(down.weight, Pattern(2, 4)) and not is_valid_nm(reference.down_proj.weight, Pattern(2, 4))
 
 
-@pytest.mark.parametrize("arch", ["llama", "phi3", "opt", "gpt2"])
-def test_pruned_model_is_nm_as_stored_and_only_masked(arch, model_factory, calib, tmp_path) -> None:
+@pytest.mark.parametrize(("arch", "permute"), [("llama", True), ("phi3", True), ("opt", True), ("gpt2", True),
+                                               ("llama", "lsa")])  # fmt: skip
+def test_pruned_model_is_nm_as_stored_and_only_masked(arch, permute, model_factory, calib, tmp_path) -> None:
     """End to end: every stored layer is 2:4, and undoing the recorded permutations gives the dense model times a
     mask with the same outputs (so the permutation changed nothing but where the mask may fall)."""
     dense = model_factory(arch)
     model = copy.deepcopy(dense)
-    pruner = make_pruner(PruneConfig(method="ria", pattern="2:4", options={"permute": True}))
+    pruner = make_pruner(PruneConfig(method="ria", pattern="2:4", options={"permute": permute}))
     result = pruner.prune(model, calib)
     assert pruner.permutations and result.extra["ria_permuted_layers"] == list(pruner.permutations)
     for name, module in prunable_layers(model).items():
@@ -167,7 +168,8 @@ def test_cli_prune_ria(pattern, permute, tiny_folder, tmp_path, capsys) -> None:
     out_dir = tmp_path / "pruned"
     args = ["-q", "prune", "--model", str(tiny_folder), "--method", "ria", "--pattern", pattern,
             "--option", "alpha=0.5", "--option", f"permute={permute}", "--calib", corpus, "--calib-samples", "4",
-            "--calib-seqlen", "32", "--seqlen", "32", "--output", str(out_dir),
+            "--calib-seqlen", "32", "--ppl", corpus, "--no-eval-before", "--seqlen", "32", "--max-windows", "2",
+            "--output", str(out_dir),
             "--json", str(tmp_path / "r.json")]  # fmt: skip
     code, err = _cli(args, capsys)
     assert code == 0, err
@@ -186,3 +188,24 @@ def test_cli_bad_ria_option_is_one_line_exit_2(tiny_folder, tmp_path, capsys) ->
                       "--output", str(out_dir)], capsys)  # fmt: skip
     assert code == 2 and err.startswith("prunelab: ") and len(err.strip().splitlines()) == 1
     assert not out_dir.exists()
+
+
+def test_streaming_permutes_like_in_memory(tmp_path, tokenizer) -> None:
+    """Block-by-block streaming sees the same loaded block the permutation is mirrored on: bit-identical output."""
+    from prunelab import load_model, prune
+    from prunelab.streaming import prune_streaming
+    from tests.conftest import make_model
+
+    (tmp_path / "corpus.txt").write_text(" ".join(["To be, or not to be, that is the question."] * 200))
+    make_model("llama").save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    tokenizer.save_pretrained(tmp_path / "src")
+    cfg = PruneConfig(method="ria", pattern="2:4", calib=str(tmp_path / "corpus.txt"), calib_samples=4,
+                      calib_seqlen=32)  # fmt: skip
+    lm = load_model(str(tmp_path / "src"))
+    expected = prune(lm.model, cfg, tokenizer=lm.tokenizer)
+    report = prune_streaming(str(tmp_path / "src"), cfg, tmp_path / "out")
+    assert expected.extra["ria_permuted_layers"] and report["ria_permuted_layers"] == expected.extra[
+        "ria_permuted_layers"]  # fmt: skip
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    got, want = reloaded.state_dict(), lm.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.items())

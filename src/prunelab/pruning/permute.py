@@ -23,7 +23,7 @@ from prunelab.errors import PrunelabError
 from prunelab.pruning.masks import nm_mask
 from prunelab.pruning.structured.surgery import Part, axis_dim, mlp_parts
 
-# Elements of the (rows, groups chunk, groups, M) tensor the assignment's value matrix is built from at once.
+# Elements of the (rows, chunk of groups, groups) tensor the assignment's value matrix is built from at once.
 _LSA_CHUNK = 1 << 25
 
 
@@ -43,25 +43,29 @@ def deal_channels(scores: torch.Tensor, m: int) -> torch.Tensor:
 
 def _lsa_step(scores: torch.Tensor, order: torch.Tensor, pattern: Pattern, c: int) -> torch.Tensor:
     """Reassign column c of every group: value[r, g] = score kept by group r with its c-th channel replaced by
-    group g's c-th channel; the assignment maximising the total is optimal for this column, others fixed."""
+    group g's c-th channel; the assignment maximising the total is optimal for this column, others fixed.
+
+    The N kept of group r's other M-1 channels (sorted b_1 >= b_2 >= ...) plus a candidate v sum to
+    b_1 + ... + b_{N-1} + max(v, b_N) per row, so no top-k over every pair of groups is needed.
+    """
     from scipy.optimize import linear_sum_assignment
 
-    m = pattern.m
+    m, n = pattern.m, pattern.n
     s = scores[:, order].view(scores.shape[0], -1, m)  # (rows, groups, M)
     rows, groups, _ = s.shape
-    others = s[:, :, [j for j in range(m) if j != c]]  # (rows, groups, M-1)
+    others = s[:, :, [j for j in range(m) if j != c]].sort(dim=-1, descending=True).values  # (rows, groups, M-1)
+    top = others[:, :, : n - 1].sum(dim=(0, 2))  # (groups,): what group r keeps whatever the candidate
+    nth = others[:, :, n - 1]  # (rows, groups)
     cand = s[:, :, c]  # (rows, groups)
-    value = torch.empty(groups, groups)
-    step = max(1, _LSA_CHUNK // max(1, rows * groups * m))
+    value = torch.empty(groups, groups, dtype=torch.float64)
+    step = max(1, _LSA_CHUNK // max(1, rows * groups))
     for a in range(0, groups, step):
-        base = others[:, a : a + step, None, :].expand(-1, -1, groups, -1)
-        new = cand[:, None, :, None].expand(-1, base.shape[1], -1, -1)
-        kept = torch.cat([base, new], dim=-1).topk(pattern.n, dim=-1).values.sum(-1)  # (rows, chunk, groups)
-        value[a : a + step] = kept.sum(0).cpu()
-    _, col = linear_sum_assignment(value.double().numpy(), maximize=True)
+        kept = torch.maximum(cand[:, None, :], nth[:, a : a + step, None]).sum(0)  # (chunk, groups)
+        value[a : a + step] = (kept + top[a : a + step, None]).double().cpu()
+    _, col = linear_sum_assignment(value.numpy(), maximize=True)
     new_order = order.clone()
-    slots = torch.arange(groups) * m + c
-    new_order[slots] = order[torch.as_tensor(col, dtype=torch.long) * m + c]
+    slots = torch.arange(groups, device=order.device) * m + c
+    new_order[slots] = order[torch.as_tensor(col, dtype=torch.long, device=order.device) * m + c]
     return new_order
 
 
