@@ -17,7 +17,14 @@ from prunelab.errors import PrunelabError
 from prunelab.models import find_blocks, prunable_layers, weight_2d
 from prunelab.pruning import make_pruner
 from prunelab.pruning.masks import Pattern, is_valid_nm, nm_mask
-from prunelab.pruning.permute import channel_permutation, deal_channels, kept_score, mirrored_parts, permute_parts
+from prunelab.pruning.permute import (
+    AttentionMirror,
+    MlpMirror,
+    channel_permutation,
+    deal_channels,
+    find_mirror,
+    kept_score,
+)
 from prunelab.pruning.ria import ria_scores
 
 # Column sums of |W| (over outputs) 11, 16, 12, 5; row sums (over inputs) 23, 21.
@@ -95,30 +102,60 @@ def test_lsa_without_scipy_is_one_clear_error(monkeypatch) -> None:
         channel_permutation(torch.rand(4, 8), Pattern(2, 4), lsa=True)
 
 
-def test_mirrored_permutation_computes_what_the_unpermuted_mask_would(model_factory) -> None:
-    """A down_proj masked N:M in a permuted order, with gate/up rows permuted alike, is the same MLP as the
-    original down_proj with that mask put back in the original column order (which is not N:M there)."""
+def _block_of(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    prefix, blocks = find_blocks(model)
+    return blocks[int(name[len(prefix) + 1 :].split(".")[0])]
+
+
+def _masked_pair(model_factory, layer: str, kind: type) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(model with `layer` permuted + mirrored and masked 2:4 in the permuted order, original model with that mask
+    put back in the original column order)."""
     model = model_factory("llama")
-    block = find_blocks(model)[1][0]
-    reference = copy.deepcopy(block.mlp)
-    down = block.mlp.down_proj
-    assert mirrored_parts(block, block.mlp.up_proj) is None and mirrored_parts(block, block.self_attn.o_proj) is None
-    scores = torch.rand(down.weight.shape, generator=torch.Generator().manual_seed(0))
-    order = deal_channels(scores, 4)
+    reference = copy.deepcopy(model)
+    module, ref_module = model.get_submodule(layer), reference.get_submodule(layer)
+    mirror = find_mirror(_block_of(model, layer), module)
+    assert isinstance(mirror, kind)
+    scores = torch.rand(module.weight.shape, generator=torch.Generator().manual_seed(0)) ** 4
+    order = mirror.choose(scores, Pattern(2, 4), lsa=False)
+    assert order is not None and sorted(order.tolist()) == list(range(scores.shape[1]))
     permuted_mask = nm_mask(scores[:, order], Pattern(2, 4))
     with torch.no_grad():
-        permute_parts(mirrored_parts(block, down), order)
-        down.weight.masked_fill_(permuted_mask, 0.0)
+        mirror.apply(order)
+        module.weight.masked_fill_(permuted_mask, 0.0)
         mask = torch.empty_like(permuted_mask)
         mask[:, order] = permuted_mask
-        reference.down_proj.weight.masked_fill_(mask, 0.0)
-        x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(1))
-        assert torch.allclose(block.mlp(x), reference(x), atol=1e-5)
-    assert is_valid_nm(down.weight, Pattern(2, 4)) and not is_valid_nm(reference.down_proj.weight, Pattern(2, 4))
+        ref_module.weight.masked_fill_(mask, 0.0)
+    assert is_valid_nm(module.weight, Pattern(2, 4)) and not is_valid_nm(ref_module.weight, Pattern(2, 4))
+    return model, reference
 
 
-@pytest.mark.parametrize(("arch", "permute"), [("llama", True), ("phi3", True), ("opt", True), ("gpt2", True),
-                                               ("llama", "lsa")])  # fmt: skip
+@pytest.mark.parametrize(("layer", "kind"), [("model.layers.0.mlp.down_proj", MlpMirror),
+                                             ("model.layers.1.self_attn.o_proj", AttentionMirror)])  # fmt: skip
+def test_mirrored_permutation_computes_what_the_unpermuted_mask_would(layer, kind, model_factory, calib) -> None:
+    """A layer masked N:M in a permuted order, its producers permuted alike (gate/up rows; the value rows of each
+    GQA group for o_proj), is the same model as the original with that mask in the original column order."""
+    model, reference = _masked_pair(model_factory, layer, kind)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=calib).logits, reference(input_ids=calib).logits, atol=1e-5)
+
+
+def test_attention_order_stays_within_heads_and_gqa_groups(model_factory) -> None:
+    model = model_factory("llama")  # 4 query heads of 16, 2 key/value heads: heads 0-1 share group 0
+    block = find_blocks(model)[1][0]
+    mirror = find_mirror(block, block.self_attn.o_proj)
+    assert find_mirror(block, block.mlp.up_proj) is None and find_mirror(block, block.self_attn.v_proj) is None
+    scores = torch.rand(64, 4, 16, generator=torch.Generator().manual_seed(2))
+    scores[:, :, :4] *= 5  # each head's important channels packed into its first N:M group
+    order = mirror.choose(scores.reshape(64, 64), Pattern(2, 4), False)
+    heads = order.view(4, 16)
+    assert ((heads // 16) == torch.arange(4).unsqueeze(1)).all()  # never leaves its head
+    assert torch.equal(heads[0] % 16, heads[1] % 16) and torch.equal(heads[2] % 16, heads[3] % 16)
+
+
+ARCH_PERMUTE = [("llama", True), ("qwen2", True), ("phi3", True), ("opt", True), ("gpt2", True), ("llama", "lsa")]
+
+
+@pytest.mark.parametrize(("arch", "permute"), ARCH_PERMUTE)
 def test_pruned_model_is_nm_as_stored_and_only_masked(arch, permute, model_factory, calib, tmp_path) -> None:
     """End to end: every stored layer is 2:4, and undoing the recorded permutations gives the dense model times a
     mask with the same outputs (so the permutation changed nothing but where the mask may fall)."""
@@ -131,19 +168,16 @@ def test_pruned_model_is_nm_as_stored_and_only_masked(arch, permute, model_facto
         assert is_valid_nm(weight_2d(module), Pattern(2, 4)), name
     model.save_pretrained(tmp_path / "m")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()  # plain transformers, same function
+    kinds = {type(find_mirror(_block_of(model, n), model.get_submodule(n))) for n in pruner.permutations}
+    assert kinds == {MlpMirror, AttentionMirror}
     unpermuted = copy.deepcopy(model)
-    _, blocks = find_blocks(unpermuted)
-    for i, block in enumerate(blocks):
-        for name, order in pruner.permutations.items():
-            parts = mirrored_parts(block, unpermuted.get_submodule(name))
-            if parts is not None and f".{i}." in f".{name}.":
-                permute_parts(parts, order.argsort())
-    plain_nm = True
-    for (name, m), d in zip(prunable_layers(unpermuted).items(), prunable_layers(dense).values(), strict=True):
-        w, wd = weight_2d(m), weight_2d(d)
-        assert torch.equal(w[w != 0], wd[w != 0]), name  # only zeros were introduced
-        plain_nm = plain_nm and is_valid_nm(w, Pattern(2, 4))
-    assert not plain_nm  # the permutation moved the mask off the plain groups somewhere
+    for name, order in pruner.permutations.items():
+        find_mirror(_block_of(unpermuted, name), unpermuted.get_submodule(name)).apply(order.argsort())
+    dense_state = dense.state_dict()
+    for key, t in unpermuted.state_dict().items():  # weights and biases: only zeros were introduced
+        assert torch.equal(t[t != 0], dense_state[key][t != 0]), key
+    plain_nm = [is_valid_nm(weight_2d(m), Pattern(2, 4)) for m in prunable_layers(unpermuted).values()]
+    assert not all(plain_nm)  # the permutation moved the mask off the plain groups somewhere
     with torch.no_grad():
         out = model(input_ids=calib).logits
         assert torch.allclose(out, unpermuted(input_ids=calib).logits, atol=1e-4)

@@ -21,7 +21,7 @@ from prunelab.models import weight_2d
 from prunelab.pruning.base import Capabilities, LayerwisePruner, PruneResult
 from prunelab.pruning.blocks import BlockStore
 from prunelab.pruning.masks import nm_mask, per_row_mask
-from prunelab.pruning.permute import channel_permutation, mirrored_parts, permute_parts
+from prunelab.pruning.permute import find_mirror
 
 
 def ria_scores(weight: torch.Tensor, norm: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -58,14 +58,14 @@ class RIA(LayerwisePruner):
 
     def _permute(self, name: str, module: nn.Module, stat: Statistic) -> Statistic:
         assert isinstance(stat, SquaredNorm) and self._block is not None
-        parts = mirrored_parts(self._block, module)
-        if parts is None:
+        mirror = find_mirror(self._block, module)
+        if mirror is None:
             return stat
         scores = ria_scores(weight_2d(module).float(), stat.norm, self.options.alpha)
-        order = channel_permutation(scores, self.pattern, lsa=self.options.permute == "lsa")
+        order = mirror.choose(scores, self.pattern, lsa=self.options.permute == "lsa")
         if order is None:
             return stat
-        permute_parts(parts, order)
+        mirror.apply(order)
         self.permutations[name] = order
         permuted = copy.copy(stat)
         permuted.sum_sq = stat.sum_sq[order.to(stat.sum_sq.device)]
@@ -83,7 +83,7 @@ class RIA(LayerwisePruner):
         if self.pattern.is_nm and self.options.permute:
             result.extra["ria_permuted_layers"] = list(self.permutations)
             result.notes.append(
-                f"ria: input channels of {len(self.permutations)} MLP output projection(s) permuted, mirrored on "
-                "their producing rows (same function, N:M as stored); other layers keep plain N:M groups"
+                f"ria: input channels of {len(self.permutations)} output projection(s) permuted, mirrored on the "
+                "producing rows (same function, N:M as stored); layers reading the residual stream keep plain N:M"
             )
         return result
