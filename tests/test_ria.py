@@ -243,3 +243,14 @@ def test_streaming_permutes_like_in_memory(tmp_path, tokenizer) -> None:
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
     got, want = reloaded.state_dict(), lm.model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in want.items())
+
+
+def test_statistic_follows_the_permutation() -> None:
+    from prunelab.pruning.permute import permute_statistic
+
+    stat = _stat([1.0, 4.0, 9.0, 16.0])
+    moved = permute_statistic(stat, torch.tensor([3, 0, 2, 1]))
+    assert moved.norm.tolist() == [4.0, 1.0, 3.0, 2.0] and stat.norm.tolist() == [1.0, 2.0, 3.0, 4.0]
+    stat.extra = torch.zeros(4, 4)  # a field the permutation does not know: refused, never left unpermuted
+    with pytest.raises(TypeError, match="extra"):
+        permute_statistic(stat, torch.arange(4))

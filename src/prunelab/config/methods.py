@@ -56,6 +56,6 @@ class RiaOptions(NoOptions):
     permute: bool | Literal["lsa"] = Field(
         True,
         description="N:M only (ignored for unstructured): reorder input channels before the N:M mask where "
-        "the producing layer can be permuted to match (MLP output projection); 'lsa' adds the linear-sum-assignment "
-        "refinement (needs scipy: the 'lsa' extra)",
+        "the producing rows can be permuted to match (MLP and attention output projections); 'lsa' adds the "
+        "linear-sum-assignment refinement (needs scipy: the 'lsa' extra)",
     )

@@ -19,12 +19,14 @@ embeddings) are left in order, with plain N:M groups.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from prunelab.calibration import Statistic
 from prunelab.config.pattern import Pattern
 from prunelab.errors import PrunelabError
 from prunelab.models import weight_2d
@@ -92,6 +94,20 @@ def channel_permutation(scores: torch.Tensor, pattern: Pattern, lsa: bool = Fals
         for c in range(pattern.m):
             order = _lsa_step(scores, order, pattern, c)
     return order if kept_score(scores[:, order], pattern) > kept_score(scores, pattern) else None
+
+
+def permute_statistic(stat: Statistic, order: torch.Tensor) -> Statistic:
+    """A copy of `stat` in the new input order, so the mask and any refine stage see statistics that match the
+    permuted weight. Per-input vectors are reindexed; any other tensor is refused rather than left in the old
+    order (a statistic that grows a field must say how it permutes)."""
+    out = copy.copy(stat)
+    for key, value in vars(stat).items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.shape != (stat.in_features,):
+            raise TypeError(f"cannot permute {type(stat).__name__}.{key} of shape {tuple(value.shape)}")
+        setattr(out, key, value[order.to(value.device)])
+    return out
 
 
 def _permute_axis(module: nn.Module, axis: Axis, idx: torch.Tensor) -> None:

@@ -8,7 +8,6 @@ order can be mirrored on the producing layer, so the stored model is exact, load
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +20,7 @@ from prunelab.models import weight_2d
 from prunelab.pruning.base import Capabilities, LayerwisePruner, PruneResult
 from prunelab.pruning.blocks import BlockStore
 from prunelab.pruning.masks import nm_mask, per_row_mask
-from prunelab.pruning.permute import find_mirror
+from prunelab.pruning.permute import find_mirror, permute_statistic
 
 
 def ria_scores(weight: torch.Tensor, norm: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -67,9 +66,7 @@ class RIA(LayerwisePruner):
             return stat
         mirror.apply(order)
         self.permutations[name] = order
-        permuted = copy.copy(stat)
-        permuted.sum_sq = stat.sum_sq[order.to(stat.sum_sq.device)]
-        return permuted
+        return permute_statistic(stat, order)
 
     def prune_weight(self, name: str, weight: torch.Tensor, stat: Statistic | None, sparsity: float) -> torch.Tensor:
         assert isinstance(stat, SquaredNorm)
