@@ -68,6 +68,14 @@ def test_alpha_is_the_exponent_of_the_activation_norm() -> None:
     assert _mask({"alpha": 0.0}, sq)[0].tolist() == _mask({}, [1.0] * 4)[0].tolist()
 
 
+def test_scope_layer_ranks_the_whole_matrix() -> None:
+    # The four lowest scores of the matrix: 26/105 (1,3), 102/253 (0,0), 55/84 (1,2), 37/48 (1,1).
+    mask = _mask({"scope": "layer"}, [1.0] * 4)
+    assert mask.tolist() == [[True, False, False, False], [False, True, True, True]]
+    cfg = PruneConfig(method="ria", sparsity=0.5, options={"scope": "layer"})
+    assert make_pruner(cfg).caps.comparison_group == "layer"
+
+
 def test_nm_mask_and_bad_options() -> None:
     mask = _mask({}, [1.0] * 4, pattern="2:4")
     assert (mask.sum(dim=1) == 2).all()

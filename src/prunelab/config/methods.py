@@ -53,6 +53,10 @@ class TrajectoryOptions(NoOptions):
 
 class RiaOptions(NoOptions):
     alpha: float = Field(0.5, ge=0, description="exponent a of the input-activation norm ||x_j||^a")
+    scope: Literal["row", "layer"] = Field(
+        "row", description="unstructured: rank within each output row (Wanda's group) or the whole layer (the "
+        "reference code's default)"
+    )
     permute: bool | Literal["lsa"] = Field(
         True,
         description="N:M only (ignored for unstructured): reorder input channels before the N:M mask where "

@@ -1,5 +1,7 @@
 """RIA (Zhang et al., ICLR 2024): score (|W_ij| / sum_k |W_kj| + |W_ij| / sum_k |W_ik|) * ||X_j||_2^a, per row.
 
+Ranked within each output row by default (`scope=layer`: over the whole matrix, as the reference code does
+unless told `--per_outneuron`).
 The two relative terms normalise a weight by its input column (over outputs) and by its output row (over inputs),
 so a weight in a column of small weights is kept even when its magnitude is modest, where Wanda would drop it.
 For N:M the input channels may first be reordered (`permute`, see `prunelab.pruning.permute`): only where the
@@ -9,6 +11,7 @@ order can be mirrored on the producing layer, so the stored model is exact, load
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -19,7 +22,7 @@ from prunelab.config.prune import PruneConfig
 from prunelab.models import weight_2d
 from prunelab.pruning.base import Capabilities, LayerwisePruner, PruneResult
 from prunelab.pruning.blocks import BlockStore
-from prunelab.pruning.masks import nm_mask, per_row_mask
+from prunelab.pruning.masks import nm_mask, per_layer_mask, per_row_mask
 from prunelab.pruning.permute import find_mirror, permute_statistic
 
 
@@ -37,6 +40,11 @@ class RIA(LayerwisePruner):
     Options = RiaOptions
     capabilities = Capabilities(comparison_group="row")
     statistic = "sq_norm"
+
+    @property
+    def caps(self) -> Capabilities:
+        caps = super().caps
+        return replace(caps, comparison_group="layer") if self.options.scope == "layer" else caps
 
     def __init__(self, cfg: PruneConfig, stages: Sequence[str] = ()) -> None:
         super().__init__(cfg, stages)
@@ -71,7 +79,9 @@ class RIA(LayerwisePruner):
     def prune_weight(self, name: str, weight: torch.Tensor, stat: Statistic | None, sparsity: float) -> torch.Tensor:
         assert isinstance(stat, SquaredNorm)
         scores = ria_scores(weight, stat.norm, self.options.alpha)
-        return nm_mask(scores, self.pattern) if self.pattern.is_nm else per_row_mask(scores, sparsity)
+        if self.pattern.is_nm:
+            return nm_mask(scores, self.pattern)
+        return per_row_mask(scores, sparsity) if self.options.scope == "row" else per_layer_mask(scores, sparsity)
 
     def prune_blocks(self, model: nn.Module, store: BlockStore, calib: torch.Tensor | None) -> PruneResult:
         self.permutations = {}
