@@ -1,11 +1,11 @@
 """RIA (Zhang et al., ICLR 2024): score (|W_ij| / sum_k |W_kj| + |W_ij| / sum_k |W_ik|) * ||X_j||_2^a, per row.
 
-Ranked within each output row by default (`scope=layer`: over the whole matrix, as the reference code does
-unless told `--per_outneuron`).
 The two relative terms normalise a weight by its input column (over outputs) and by its output row (over inputs),
 so a weight in a column of small weights is kept even when its magnitude is modest, where Wanda would drop it.
-For N:M the input channels may first be reordered (`permute`, see `prunelab.pruning.permute`): only where the
-order can be mirrored on the producing layer, so the stored model is exact, loadable and N:M as stored.
+Ranked within each output row by default; `scope=layer` ranks the whole matrix, as the reference code does unless
+given `--per_outneuron`. For N:M the input channels may first be reordered (`permute`, see
+`prunelab.pruning.permute`): only where the order can be mirrored on the producing layer, so the stored model is
+exact, loadable and N:M as stored.
 """
 
 from __future__ import annotations
