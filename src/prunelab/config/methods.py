@@ -57,3 +57,17 @@ class TrajectoryOptions(NoOptions):
     tracker: str | None = Field(None, description="saved tracker (TrajectoryTracker.save); default: the attached one")
     prune_rate: float | None = Field(None, gt=0, description="threshold mode: std(|W_avg|) x prune_rate per layer")
     weights: Literal["final", "average"] = Field("final", description="keep the final weights or the averaged clone")
+
+
+class RiaOptions(NoOptions):
+    alpha: float = Field(0.5, ge=0, description="exponent a of the input-activation norm ||x_j||^a")
+    scope: Literal["row", "layer"] = Field(
+        "row", description="unstructured: rank within each output row (Wanda's group) or the whole layer (the "
+        "reference code's default)"
+    )
+    permute: bool | Literal["lsa"] = Field(
+        True,
+        description="N:M only (ignored for unstructured): reorder input channels before the N:M mask where "
+        "the producing rows can be permuted to match (MLP and attention output projections); 'lsa' adds the "
+        "linear-sum-assignment refinement (needs scipy: the 'lsa' extra)",
+    )

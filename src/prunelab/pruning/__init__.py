@@ -24,6 +24,7 @@ METHODS: Registry[type[Pruner]] = Registry(
         "magnitude": "prunelab.pruning.magnitude:Magnitude",
         "wanda": "prunelab.pruning.wanda:Wanda",
         "sparsegpt": "prunelab.pruning.sparsegpt:SparseGPT",
+        "ria": "prunelab.pruning.ria:RIA",
         "structured": "prunelab.pruning.structured.method:Structured",
         "trajectory": "prunelab.pruning.trajectory:Trajectory",
     },

@@ -123,6 +123,34 @@ def head_counts(config: Any) -> tuple[int, int, int]:
     return heads, kv, head_dim
 
 
+def mlp_parts(block: nn.Module) -> tuple[nn.Module, list[Part], int] | None:
+    """(MLP module, the parts owning its channels with the output projection last, channel count) of a known
+    layout, or None. Shared by channel removal and by RIA's channel permutation (pruning/permute.py)."""
+    mlp = getattr(block, "mlp", None) or block  # OPT keeps fc1/fc2 on the decoder layer itself
+    if all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+        n = _out_dim(mlp.gate_proj)
+        parts = [
+            Part(mlp, "gate_proj", "out", (("ch", 0, 1),)),
+            Part(mlp, "up_proj", "out", (("ch", 0, 1),)),
+            Part(mlp, "down_proj", "in", (("ch", 0, 1),)),
+        ]
+    elif hasattr(mlp, "gate_up_proj"):
+        n = _out_dim(mlp.gate_up_proj) // 2
+        parts = [
+            Part(mlp, "gate_up_proj", "out", (("ch", 0, 1), ("ch", n, 1))),
+            Part(mlp, "down_proj", "in", (("ch", 0, 1),)),
+        ]
+    elif hasattr(mlp, "fc1") and hasattr(mlp, "fc2"):
+        n = _out_dim(mlp.fc1)
+        parts = [Part(mlp, "fc1", "out", (("ch", 0, 1),)), Part(mlp, "fc2", "in", (("ch", 0, 1),))]
+    elif hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
+        n = _out_dim(mlp.c_fc)
+        parts = [Part(mlp, "c_fc", "out", (("ch", 0, 1),)), Part(mlp, "c_proj", "in", (("ch", 0, 1),))]
+    else:
+        return None
+    return mlp, parts, n
+
+
 def block_spec(block: nn.Module, config: Any) -> BlockSpec:
     """Describe one decoder block of a known layout (Llama/Qwen2/Mistral, Phi-3, OPT, GPT-2 and their kin)."""
     found_attn = _first(block, ("self_attn", "attn", "attention"))
@@ -151,33 +179,15 @@ def block_spec(block: nn.Module, config: Any) -> BlockSpec:
     if _out_dim(attn_parts[0].module) != (q_size if len(attn_parts) == 4 else q_size + 2 * kv_size):
         raise PrunelabError(f"{type(attn).__name__}: projection sizes do not match {heads} heads x {d} (config)")
 
-    mlp = getattr(block, "mlp", None) or block  # OPT keeps fc1/fc2 on the decoder layer itself
-    if all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
-        n = _out_dim(mlp.gate_proj)
-        mlp_parts = [
-            Part(mlp, "gate_proj", "out", (("ch", 0, 1),)),
-            Part(mlp, "up_proj", "out", (("ch", 0, 1),)),
-            Part(mlp, "down_proj", "in", (("ch", 0, 1),)),
-        ]
-    elif hasattr(mlp, "gate_up_proj"):
-        n = _out_dim(mlp.gate_up_proj) // 2
-        mlp_parts = [
-            Part(mlp, "gate_up_proj", "out", (("ch", 0, 1), ("ch", n, 1))),
-            Part(mlp, "down_proj", "in", (("ch", 0, 1),)),
-        ]
-    elif hasattr(mlp, "fc1") and hasattr(mlp, "fc2"):
-        n = _out_dim(mlp.fc1)
-        mlp_parts = [Part(mlp, "fc1", "out", (("ch", 0, 1),)), Part(mlp, "fc2", "in", (("ch", 0, 1),))]
-    elif hasattr(mlp, "c_fc") and hasattr(mlp, "c_proj"):
-        n = _out_dim(mlp.c_fc)
-        mlp_parts = [Part(mlp, "c_fc", "out", (("ch", 0, 1),)), Part(mlp, "c_proj", "in", (("ch", 0, 1),))]
-    else:
+    found_mlp = mlp_parts(block)
+    if found_mlp is None:
         raise PrunelabError(f"structured pruning does not know the MLP of {type(block).__name__}")
+    mlp, channel_parts, n = found_mlp
     return BlockSpec(
         block=block,
-        mlp=mlp_parts,
+        mlp=channel_parts,
         attn=attn_parts,
-        mlp_out=mlp_parts[-1],
+        mlp_out=channel_parts[-1],
         attn_out=attn_parts[-1],
         attn_module=attn,
         mlp_module=mlp,
@@ -193,12 +203,18 @@ def _slice_param(module: nn.Module, name: str, dim: int, idx: torch.Tensor) -> N
     setattr(module, name, nn.Parameter(p.data.index_select(dim, idx.to(p.device)).clone(), p.requires_grad))
 
 
+def axis_dim(module: nn.Module, axis: Axis) -> int:
+    """The tensor dimension of `module.weight` that is `axis` of its (out, in) view (Conv1D stores (in, out))."""
+    conv = isinstance(module, Conv1D)
+    return (1 if conv else 0) if axis == "out" else (0 if conv else 1)
+
+
 def slice_module(module: nn.Module, axis: Axis, idx: torch.Tensor) -> None:
     """Keep only `idx` along `axis` of a Linear or Conv1D, in place (the bias follows the output axis)."""
     if not is_prunable(module):
         raise TypeError(f"cannot slice {type(module).__name__}")
-    conv = isinstance(module, Conv1D)  # Conv1D stores (in, out)
-    dim = (1 if conv else 0) if axis == "out" else (0 if conv else 1)
+    conv = isinstance(module, Conv1D)
+    dim = axis_dim(module, axis)
     _slice_param(module, "weight", dim, idx)
     if axis == "out" and getattr(module, "bias", None) is not None:
         _slice_param(module, "bias", 0, idx)
