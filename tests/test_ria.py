@@ -259,6 +259,20 @@ def test_statistic_follows_the_permutation() -> None:
     stat = _stat([1.0, 4.0, 9.0, 16.0])
     moved = permute_statistic(stat, torch.tensor([3, 0, 2, 1]))
     assert moved.norm.tolist() == [4.0, 1.0, 3.0, 2.0] and stat.norm.tolist() == [1.0, 2.0, 3.0, 4.0]
-    stat.extra = torch.zeros(4, 4)  # a field the permutation does not know: refused, never left unpermuted
+    stat.extra = torch.zeros(4, 3)  # a field the permutation does not know: refused, never left unpermuted
     with pytest.raises(TypeError, match="extra"):
         permute_statistic(stat, torch.arange(4))
+    # (in, in) matrices (X^T X, E[xx^T]) move on both axes; a StatisticSet part by part, shared parts stay shared
+    from prunelab.calibration import StatisticSet
+
+    full = StatisticSet(["hessian", "moments"], 3, torch.device("cpu"))
+    x = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 5.0]])
+    full.add(x)
+    order = torch.tensor([2, 0, 1])
+    moved_set = permute_statistic(full, order)
+    assert moved_set["hessian"] is moved_set["moments"]
+    reference = StatisticSet(["hessian", "moments"], 3, torch.device("cpu"))
+    reference.add(x[:, order])
+    for key, value in vars(reference["moments"]).items():
+        if isinstance(value, torch.Tensor):
+            assert torch.allclose(getattr(moved_set["moments"], key), value), key

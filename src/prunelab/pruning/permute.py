@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.calibration import Statistic
+from prunelab.calibration import Statistic, StatisticSet
 from prunelab.config.pattern import Pattern
 from prunelab.errors import PrunelabError
 from prunelab.models import weight_2d
@@ -98,15 +98,31 @@ def channel_permutation(scores: torch.Tensor, pattern: Pattern, lsa: bool = Fals
 
 def permute_statistic(stat: Statistic, order: torch.Tensor) -> Statistic:
     """A copy of `stat` in the new input order, so the mask and any refine stage see statistics that match the
-    permuted weight. Per-input vectors are reindexed; any other tensor is refused rather than left in the old
-    order (a statistic that grows a field must say how it permutes)."""
+    permuted weight. Per-input vectors are reindexed, (in, in) matrices (X^T X, E[xx^T]) on both axes, and a
+    StatisticSet part by part (parts shared between names stay shared); any other tensor is refused rather than
+    left in the old order (a statistic that grows a field must say how it permutes)."""
+    if isinstance(stat, StatisticSet):
+        done: dict[int, Statistic] = {}
+        out_set = copy.copy(stat)
+        out_set.parts = {}
+        for name, part in stat.parts.items():
+            if id(part) not in done:
+                done[id(part)] = permute_statistic(part, order)
+            out_set.parts[name] = done[id(part)]
+        out_set._unique = list(done.values())
+        return out_set
     out = copy.copy(stat)
+    n = stat.in_features
     for key, value in vars(stat).items():
         if not isinstance(value, torch.Tensor):
             continue
-        if value.shape != (stat.in_features,):
+        idx = order.to(value.device)
+        if value.shape == (n,):
+            setattr(out, key, value[idx])
+        elif value.shape == (n, n):
+            setattr(out, key, value[idx][:, idx])
+        else:
             raise TypeError(f"cannot permute {type(stat).__name__}.{key} of shape {tuple(value.shape)}")
-        setattr(out, key, value[order.to(value.device)])
     return out
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from prunelab.calibration import SquaredNorm, Statistic
+from prunelab.calibration import SquaredNorm, Statistic, StatisticSet
 from prunelab.config.methods import RiaOptions
 from prunelab.config.prune import PruneConfig
 from prunelab.models import weight_2d
@@ -64,11 +64,13 @@ class RIA(LayerwisePruner):
         super()._apply(name, module, stat, sparsity, result)
 
     def _permute(self, name: str, module: nn.Module, stat: Statistic) -> Statistic:
-        assert isinstance(stat, SquaredNorm) and self._block is not None
+        assert self._block is not None
+        norm = stat[self.statistic] if isinstance(stat, StatisticSet) else stat
+        assert isinstance(norm, SquaredNorm)
         mirror = find_mirror(self._block, module)
         if mirror is None:
             return stat
-        scores = ria_scores(weight_2d(module).float(), stat.norm, self.options.alpha)
+        scores = ria_scores(weight_2d(module).float(), norm.norm, self.options.alpha)
         order = mirror.choose(scores, self.pattern, lsa=self.options.permute == "lsa")
         if order is None:
             return stat
