@@ -88,16 +88,23 @@ def footprint(label: str, cfg: FootprintConfig | None = None, device: str = "cpu
 class metering:  # lower-case: used like a context manager function
     """`with metering(cfg):` meters every `work_span` inside the block with `cfg`. The settings are checked when
     this object is made (an unknown region or an explicitly requested counter that is unavailable fails before any
-    work), so a job can make it first and enter it only around the part that trains."""
+    work), so a job can make it first and enter it only around the part that trains. `records` collects the record
+    of every span metered inside (filled as each span ends), for callers that total them (sweep points)."""
 
     def __init__(self, cfg: FootprintConfig | None = None) -> None:
         self.cfg, _ = _checked(cfg, "cpu")
         select_meter(self.cfg.energy, "cpu", cpu_watts=self.cfg.cpu_watts)
         self._stack = contextlib.ExitStack()
+        self.records: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def _span(self, label: str, device: str) -> Iterator[dict[str, Any]]:
+        with footprint(label, self.cfg, device) as record:
+            self.records.append(record)
+            yield record
 
     def __enter__(self) -> metering:
-        cfg = self.cfg
-        self._stack.enter_context(span_meter(lambda label, device: footprint(label, cfg, device)))
+        self._stack.enter_context(span_meter(self._span))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -45,6 +45,9 @@ _ALL = [
     Metric("prefill_ms", "prefill latency", "ms", False, "cost", fmt=".1f"),
     Metric("energy_j_per_token", "energy per generated token", "J/token", False, "cost", fmt=".4g"),
     Metric("g_co2eq_per_1k_tokens", "carbon per 1k generated tokens", "gCO2eq", False, "cost", fmt=".4g"),
+    # one-time costs of making the point: the training inside its prune (structured recover_steps, recovery)
+    Metric("training_energy_j", "energy of the point's training", "J", False, "cost", fmt=".4g"),
+    Metric("training_g_co2eq", "carbon of the point's training", "gCO2eq", False, "cost", fmt=".4g"),
     Metric("achieved_sparsity", "achieved sparsity", "", False, "info", fmt=".4f"),
     Metric("prune_seconds", "pruning time", "s", False, "info", fmt=".1f"),
 ]

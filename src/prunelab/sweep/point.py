@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from prunelab import data
-from prunelab.config.bench import BenchConfig
+from prunelab.config.bench import FOOTPRINT_FIELDS, BenchConfig, FootprintConfig
 from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
 from prunelab.evaluation.perplexity import perplexity
@@ -155,6 +155,30 @@ def prune_model(ctx: Context, model: nn.Module, point: Point) -> dict[str, Any]:
     calib = ctx.calib(cfg) if make_pruner(cfg).needs_calibration else None
     result = prune(model, cfg, calib, ctx.lm.tokenizer)
     return {k: v for k, v in result.to_dict().items() if k != "layers"}
+
+
+def prune_metered(
+    ctx: Context, model: nn.Module, point: Point
+) -> tuple[dict[str, Any], dict[str, float], list[dict[str, Any]]]:
+    """`prune_model` with the energy and carbon of any training inside it (structured's `recover_steps`, a recovery)
+    metered by the sweep's measurement settings, the `prunelab prune` protocol (`measurement.footprint.metering`).
+    Returns (prune details, `training_energy_j`/`training_g_co2eq` when something trained and was metered, the
+    span records). `measurement: {enabled: false}` meters nothing."""
+    m = ctx.cfg.measurement
+    if not m.enabled:
+        return prune_model(ctx, model, point), {}, []
+    from prunelab.measurement.footprint import metering
+
+    bench = bench_config(m)
+    spans = metering(FootprintConfig(**{k: getattr(bench, k) for k in FOOTPRINT_FIELDS}))
+    with spans:
+        out = prune_model(ctx, model, point)
+    joules = [r["energy"]["joules"] for r in spans.records if r and r["energy"]["joules"] is not None]
+    grams = [r["carbon"]["g_co2eq"] for r in spans.records if r and r["carbon"]["g_co2eq"] is not None]
+    metrics = {"training_energy_j": float(sum(joules))} if joules else {}
+    if grams:
+        metrics["training_g_co2eq"] = float(sum(grams))
+    return out, metrics, [r for r in spans.records if r]
 
 
 def count_params(model: nn.Module) -> dict[str, float]:
@@ -320,7 +344,10 @@ def run_point(ctx: Context, point: Point, stage_log: StageLog | None = None) -> 
     handle: RuntimeHandle | None = None
     try:
         if point.prune is not None:
-            details["prune"] = stage("prune", lambda: prune_model(ctx, model, point))
+            details["prune"], training, spans = stage("prune", lambda: prune_metered(ctx, model, point))
+            metrics.update(training)
+            if spans:
+                details["training"] = spans  # labelled: energy method/source, estimate or not, grid intensity
             metrics["achieved_sparsity"] = float(details["prune"]["achieved_sparsity"])
             metrics["prune_seconds"] = float(details["prune"]["prune_seconds"])
         else:
