@@ -207,3 +207,52 @@ def test_cost_axes_start_at_zero_and_captions_fit_the_sweep(monkeypatch) -> None
     assert "stars are N:M" in captions["plot-quality"] and "structured points" in captions["plot-quality"]
     page = html.render_html(rows, rows, None, {}, {"title": "t"})
     assert '<div class="scroll"><table id="points"' in page and ".scroll{overflow-x:auto" in page
+
+
+def _band_artists(ax: Any) -> list[Any]:
+    from prunelab.report.plots import NOISE_LABEL
+
+    return [a for a in [*ax.patches, *ax.collections] if a.get_label() == NOISE_LABEL]
+
+
+def _y_extent(artist: Any) -> tuple[float, float]:
+    from matplotlib.patches import Rectangle
+
+    if isinstance(artist, Rectangle):  # matplotlib >= 3.9
+        return artist.get_y(), artist.get_y() + artist.get_height()
+    ys = [y for _, y in artist.get_xy()]  # older: a Polygon
+    return min(ys), max(ys)
+
+
+def test_speed_panel_shades_the_dense_noise_band(monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    from prunelab.report import plots
+
+    spread = {"median": 11.8, "iqr": 2.5, "q1": 10.0, "q3": 12.5, "min": 9.0, "max": 14.0, "n": 5}
+    rows = [
+        P("dense", {"perplexity": 10.0, "decode_tokens_per_s": 11.8, "prefill_ms": 40.0}, method="dense",
+          sparsity=0.0, details={"latency": {"decode_tokens_per_s": spread,
+                                             "prefill_ms": {"128": {**spread, "median": 40.0, "iqr": 50.0}}}}),
+        P("w50", {"perplexity": 12.0, "decode_tokens_per_s": 13.0, "compact_size_mb": 60.0}, method="wanda"),
+    ]  # fmt: skip
+    # median +/- IQR (not the quartiles, not +/- IQR/2), clipped at zero for a latency
+    assert plots.noise_band(rows, "decode_tokens_per_s") == pytest.approx((9.3, 14.3))
+    assert plots.noise_band(rows, "prefill_ms") == (0.0, 90.0)
+    assert plots.noise_band(rows, "perplexity") is None  # not a timing
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or b"")
+    plots.plot_costs(rows)
+    size_ax, speed_ax, energy_ax = figures[0].axes[:3]
+    [band] = _band_artists(speed_ax)
+    assert _y_extent(band) == pytest.approx((9.3, 14.3))
+    assert not _band_artists(size_ax) and not _band_artists(energy_ax)
+    assert "dense +/- IQR (noise)" in [t.get_text() for t in speed_ax.get_legend().get_texts()]  # users see it
+
+    # one repeat (IQR 0) or no recorded spread: no band, never a made-up one
+    assert [t.get_text() for t in speed_ax.get_legend().get_texts()] == ["dense +/- IQR (noise)"]  # its own legend
+    assert size_ax.get_legend() is not None  # the full legend stays on the first panel
+    rows[0].details["latency"]["decode_tokens_per_s"] = {**spread, "iqr": 0.0}
+    assert plots.noise_band(rows, "decode_tokens_per_s") is None
+    rows[0].details = {}
+    plots.plot_costs(rows)
+    assert not _band_artists(figures[-1].axes[1])

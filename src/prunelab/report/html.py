@@ -119,7 +119,8 @@ def plot_captions(rows: Sequence[Row]) -> dict[str, str]:
         "plot-quality": quality,
         "plot-costs": "What pruning buys vs sparsity: checkpoint size, decode speed and energy per generated token. "
         "Linear axes start at zero, so a difference inside the run-to-run noise of a timing (often +-10-30% on a "
-        "shared CPU) looks as small as it is; compare against the dense line before reading a speedup.",
+        "shared CPU) looks as small as it is; compare against the dense line before reading a speedup. Where the dense "
+        "point's timing repeats were kept, the grey band is dense +/- its IQR: a point inside it differs by noise.",
         "plot-pareto": "Quality against cost for every point; the line is the Pareto frontier, the ring the "
         "recommended point.",
     }

@@ -19,6 +19,8 @@ from prunelab.report.pareto import Row, Selection, value
 INSTALL_HINT = "pip install 'prunelab[report]'  (or: pip install 'matplotlib>=3.7')"
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
 DENSE_COLOR = "#000000"
+NOISE_LABEL = "dense +/- IQR (noise)"
+TIMED = ("decode_tokens_per_s", "prefill_ms")  # metrics whose repeats a point keeps in details["latency"]
 
 
 def matplotlib_missing() -> str | None:
@@ -64,6 +66,26 @@ def _by_series(rows: Sequence[Row]) -> dict[str, list[Row]]:
     return {k: sorted(v, key=lambda r: r.sparsity) for k, v in groups.items()}
 
 
+def noise_band(rows: Sequence[Row], name: str) -> tuple[float, float] | None:
+    """The dense point's median +/- its inter-quartile range for a timed metric (tok/s, latency): a point inside
+    this band differs from dense by less than the run-to-run spread (`measurement/timing.py`), i.e. by noise.
+    None when the metric is not timed, dense was not measured, or no spread was recorded (one repeat: IQR 0)."""
+    if name not in TIMED:
+        return None
+    dense = next((r for r in rows if r.method == "dense" and value(r, name) is not None), None)
+    if dense is None:
+        return None
+    stats = (dense.details.get("latency") or {}).get(name)
+    if name == "prefill_ms" and isinstance(stats, dict) and "iqr" not in stats and len(stats) == 1:
+        stats = next(iter(stats.values()))  # {prompt length: stats}, one prompt length per sweep
+    iqr = stats.get("iqr") if isinstance(stats, dict) else None
+    if not iqr or iqr <= 0:
+        return None
+    v = value(dense, name)
+    assert v is not None
+    return max(v - float(iqr), 0.0), v + float(iqr)
+
+
 def _plot_vs_sparsity(ax: Any, rows: Sequence[Row], name: str, colors: dict[str, str]) -> bool:
     """One line per series (N:M patterns as stars), dense as a dashed line. False when nothing was measured."""
     m = metric(name)
@@ -83,6 +105,9 @@ def _plot_vs_sparsity(ax: Any, rows: Sequence[Row], name: str, colors: dict[str,
         ax.axhline(v, color=DENSE_COLOR, linestyle="--", linewidth=1, label=f"dense ({m.format(v)})")
         ax.plot([0.0], [v], marker="s", color=DENSE_COLOR)
         drawn = True
+    band = noise_band(rows, name)
+    if band is not None:
+        ax.axhspan(*band, color=DENSE_COLOR, alpha=0.12, linewidth=0, label=NOISE_LABEL, zorder=0)
     if m.log_scale:
         _log_y(ax)
     structured = any(r.method == "structured" for r in rows)  # say what the x axis means for structured points
@@ -158,10 +183,13 @@ def plot_costs(rows: Sequence[Row]) -> bytes:
         if name == "compact_size_mb":
             title = "Compact checkpoint size"
         ax.set_title(title)
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-            break
+    full = next((ax for ax in axes if ax.get_legend_handles_labels()[0]), None)
+    if full is not None:
+        full.legend(fontsize=7)
+    for ax in axes:  # a panel with a noise band names it, whether or not it carries the full legend
+        bands = [h for h, lbl in zip(*ax.get_legend_handles_labels(), strict=True) if lbl == NOISE_LABEL]
+        if bands and ax is not full:
+            ax.legend(handles=bands, fontsize=7, loc="lower right")
     return _png(fig)
 
 
