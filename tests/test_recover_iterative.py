@@ -34,8 +34,9 @@ def test_prune_iterative_recovers_between_steps(tmp_path: Path, mode: str) -> No
     # 3 steps, 96 tokens, windows of 16 x batch 2 = 32 tokens a step: 1 optimizer step in each of the 3 runs
     argv = ["prune", "--model", str(dense), "--method", "structured", "--sparsity", "0.3", "--target", "mlp",
             "--option", "iterative_steps=3", "--calib", str(tmp_path / "c.txt"), "--calib-samples", "2",
-            "--calib-seqlen", "16", "--seqlen", "16", "--recover", mode, "--recover-tokens", "96", "--recover-data",
-            str(tmp_path / "c.txt"), "--recover-seqlen", "16", "--recover-batch-size", "2", "--output", str(out)]  # fmt: skip
+            "--calib-seqlen", "16", "--seqlen", "16", "--recover", mode, "--recover-tokens", "96",
+            "--recover-data", str(tmp_path / "c.txt"), "--recover-seqlen", "16", "--recover-batch-size", "2",
+            "--output", str(out)]  # fmt: skip
     assert main(argv) == 0
     meta = json.loads((out / "prunelab.json").read_text())
     between = meta["iterative"]["between_steps"]  # the structured record, per step
