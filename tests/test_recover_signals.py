@@ -1,6 +1,6 @@
-"""SIGTERM to a running `prunelab recover` once its first checkpoint is on disk: exit 143 with one `prunelab:`
-line and the checkpoint kept; the same command rerun resumes from it (`resumed_from_step`) and leaves a
-complete folder that plain transformers loads, with no checkpoint left behind.
+"""SIGTERM to a running `prunelab recover` (and `prune --recover`) once its first checkpoint is on disk:
+exit 143 with one `prunelab:` line and the checkpoint kept; the same command rerun resumes from it
+(`resumed_from_step`) and leaves a complete folder that plain transformers loads, with no checkpoint left behind.
 
 The driver runs the real CLI; with PAUSE set it sleeps after the first checkpoint is written (the steps of a tiny
 model take milliseconds), so the signal lands mid-run every time. The test polls the checkpoint file itself."""
@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 from prunelab.config.prune import PruneConfig
@@ -63,7 +64,8 @@ def _run(argv: list[str], pause: bool, state: Path | None = None) -> subprocess.
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def test_sigterm_after_a_checkpoint_then_rerun_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["recover", "prune"])
+def test_sigterm_after_a_checkpoint_then_rerun_resumes(tmp_path: Path, command: str) -> None:
     dense = make_model("llama")
     student = make_model("llama")
     options = {"target": "mlp", "importance": "magnitude"}
@@ -78,6 +80,12 @@ def test_sigterm_after_a_checkpoint_then_rerun_resumes(tmp_path: Path) -> None:
     argv = [str(tmp_path / "driver.py"), "-q", "recover", str(tmp_path / "pruned"), "--teacher",
             str(tmp_path / "dense"), "--tokens", "128", "--seqlen", "16", "--batch-size", "2", "--data",
             str(tmp_path / "c.txt"), "--checkpoint-every", "1", "--out", str(out)]  # fmt: skip
+    if command == "prune":  # the --recover step of prune: the same checkpoint home, the output folder
+        argv = [str(tmp_path / "driver.py"), "-q", "prune", "--model", str(tmp_path / "dense"), "--method",
+                "structured", "--sparsity", "0.25", "--target", "mlp", "--option", "importance=magnitude",
+                "--seqlen", "16", "--recover", "distill", "--recover-tokens", "128", "--recover-seqlen", "16",
+                "--recover-batch-size", "2", "--recover-data", str(tmp_path / "c.txt"),
+                "--recover-checkpoint-every", "1", "--output", str(out)]  # fmt: skip
 
     state = out / ckpt.CHECKPOINT_DIR / ckpt.STATE
     stopped = _run(argv, pause=True, state=state)
