@@ -9,7 +9,14 @@ from typing import Any
 from prunelab import data
 from prunelab._util import peak_rss_mb, write_json_atomic
 from prunelab.api.evaluate import evaluate, ppl_values
-from prunelab.api.recover import check_method, check_output_or_resume, load_teacher, recover_model
+from prunelab.api.recover import (
+    between_steps,
+    check_method,
+    check_output_or_resume,
+    load_teacher,
+    recover_model,
+    split_budget,
+)
 from prunelab.config.bench import FootprintConfig
 from prunelab.config.evaluation import EvalConfig
 from prunelab.config.models import ModelConfig
@@ -64,8 +71,12 @@ def prune_job(
     if recover is not None and recover.mode == "distill":
         dense = load_teacher(teacher, source, lm) if teacher else copy.deepcopy(lm.model)
     rss_before_prune = peak_rss_mb()
+    between = None
+    if recover is not None:  # iterative steps: part of the budget recovers between them, the rest at the end
+        recover, share = split_budget(recover, getattr(pruner.options, "iterative_steps", 1))
+        between = between_steps(lm.tokenizer, share, dense) if share is not None else None
     with spans:
-        result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
+        result = prune(lm.model, cfg, tokenizer=lm.tokenizer, between_steps=between)
         recovery = None
         if recover is not None:
             pruned_ppl = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) \
@@ -74,6 +85,10 @@ def prune_job(
             recovery = recover_model(lm.model, lm.tokenizer, recover, dense, output,
                                      result.extra.get("removed_layers"), identity)  # fmt: skip
             recovery.update(teacher=teacher or lm.source, perplexity_before_recovery=ppl_values(pruned_ppl))
+            if between is not None:  # each between-step run is in result.extra["iterative"]["between_steps"]
+                recovery["between_steps_tokens"] = sum(
+                    r["tokens_trained"] for r in result.extra["iterative"]["between_steps"]
+                )
             del dense
     after = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev and ppl else {}
     report = prune_report(

@@ -26,6 +26,7 @@ from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import check_output, check_seqlen, load_model, save_model
 from prunelab.pruning import get_method
+from prunelab.pruning.structured.method import StepRecovery
 from prunelab.training.checkpoint import only_checkpoint
 from prunelab.training.recover import is_main_process, recover
 
@@ -88,6 +89,30 @@ def recover_model(
     finally:
         student.to(dtype)
     return {**record, "data": cfg.data, "windows_available": windows.shape[0]}
+
+
+def split_budget(cfg: RecoverConfig, steps: int) -> tuple[RecoverConfig, RecoverConfig | None]:
+    """(final, between) configs for iterative pruning in `steps` steps: the token budget is shared evenly by the
+    k-1 short recoveries between steps and the one at the end, so --recover-tokens stays the whole run's cost.
+    Each between-step run takes its own seed (another data order); none of them checkpoints (they are short)."""
+    if steps <= 1:
+        return cfg, None
+    share = cfg.tokens // steps
+    if share < 1:
+        raise PrunelabError(f"--recover-tokens {cfg.tokens} cannot be shared by {steps} iterative steps")
+    return cfg.model_copy(update={"tokens": cfg.tokens - (steps - 1) * share}), cfg.model_copy(update={"tokens": share})
+
+
+def between_steps(tokenizer: Any, cfg: RecoverConfig, teacher: nn.Module | None) -> StepRecovery:
+    """The `Structured.between_steps` callable: a short recovery of the partly pruned model after step `step`."""
+
+    def run(model: nn.Module, calib: torch.Tensor | None, step: int) -> dict[str, Any]:
+        step_cfg = cfg.model_copy(update={"seed": cfg.seed + step + 1})
+        log.info("recovery between iterative steps %d and %d (%d tokens)", step + 1, step + 2, step_cfg.tokens)
+        record = recover_model(model, tokenizer, step_cfg, teacher, None)
+        return {"after_step": step + 1, **{k: v for k, v in record.items() if k != "losses"}}
+
+    return run
 
 
 def _pruned_meta(folder: Path) -> dict[str, Any]:

@@ -40,7 +40,11 @@ def register(sub: Any) -> None:
 
 def recover_args(p: argparse.ArgumentParser) -> None:
     """`prune --recover MODE --recover-tokens N --recover-FIELD ... --teacher DIR`."""
-    g = p.add_argument_group("recovery after structured pruning (see `prunelab recover --help`)")
+    g = p.add_argument_group(
+        "recovery after structured pruning (see `prunelab recover --help`)",
+        "with --option iterative_steps=k the token budget is shared evenly by k-1 short recoveries between the "
+        "steps and the one at the end",
+    )
     for name in FIELDS:
         flag = "--recover" if name == "mode" else f"--recover-{name.replace('_', '-')}"
         info = RecoverConfig.model_fields[name]

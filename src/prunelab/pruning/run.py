@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from prunelab.models import check_seqlen, prunable_layers, weight_2d
 from prunelab.pruning import make_pruner, owl_auto
 from prunelab.pruning.base import LayerwisePruner, Pruner, PruneResult
 from prunelab.pruning.blocks import BlockStore
+
+if TYPE_CHECKING:
+    from prunelab.pruning.structured.method import StepRecovery
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,19 @@ def prune(
     tokenizer: Any | None = None,
     store: BlockStore | None = None,
     stages: Sequence[str] = (),
+    between_steps: StepRecovery | None = None,
 ) -> PruneResult:
     """Prune `model` in place as `cfg` says. Calibration windows are built from `cfg.calib` when not given.
 
     With `store`, blocks come from it (`prunelab.streaming`); only block-local layer-wise methods take one.
+    `between_steps`: what iterative structured pruning runs between its steps (a short recovery, api/recover.py).
     OWL with lambda or M `auto` first searches them on held-out calibration windows (`prunelab.pruning.owl_auto`).
     """
     pruner = make_pruner(cfg, stages)
+    if between_steps is not None:  # iterative structured pruning: what runs between its steps (api/recover.py)
+        if not hasattr(pruner, "between_steps"):
+            raise PrunelabError(f"{describe(cfg)} has no iterative steps to recover between")
+        pruner.between_steps = between_steps
     if pruner.needs_calibration and calib is None:
         calib = calibration_windows(model, tokenizer, cfg)
     if store is not None and (not isinstance(pruner, LayerwisePruner) or not pruner.caps.block_local):
