@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from prunelab.runtime import (
     find_table,
     write_calibrated_folder,
 )
+from prunelab.runtime import kernels as K
 from prunelab.runtime.kernels import ACT_KERNELS
 from prunelab.runtime.sparse import _Selection
 from prunelab.runtime.thresholds import AbsHistogram, allocation_at, greedy_path
@@ -368,3 +370,54 @@ def test_other_bad_inputs() -> None:
             apply_activation_sparsity(model, table, 0.5)
     with pytest.raises(PrunelabError, match="malformed"):
         ThresholdTable.from_dict({**table.to_dict(), "sparsity": [[0.0]]})
+
+
+# ---------------------------------------------------------------- per-step work
+
+
+@pytest.mark.parametrize("kernel", ["index_select", "embedding_bag"])
+def test_readers_of_one_input_share_one_index_computation(kernel: str, monkeypatch) -> None:
+    """q/k/v (gate/up) threshold their shared input once and gather its kept indices once per decode step."""
+    model, table = _table()
+    made: list[int] = []
+    derived: list[str] = []
+
+    class Counting(K.Picked):
+        def __init__(self, x2: torch.Tensor, keep: torch.Tensor) -> None:
+            made.append(x2.shape[0])
+            super().__init__(x2, keep)
+
+        def gathered(self):
+            if self._gather is None:
+                derived.append("gather")
+            return super().gathered()
+
+        def bags(self, split: int = 1):
+            if split not in self._bags:
+                derived.append("bags")
+            return super().bags(split)
+
+    ids = _calib(1, 6, seed=10)
+    with torch.no_grad(), apply_activation_sparsity(model, table, 0.5, kernels=kernel) as handle:
+        out = model(input_ids=ids, use_cache=True)
+        nxt = out.logits[:, -1:].argmax(-1)
+        reference = model(input_ids=nxt, past_key_values=copy.deepcopy(out.past_key_values)).logits
+        monkeypatch.setattr(K, "Picked", Counting)
+        got = model(input_ids=nxt, past_key_values=out.past_key_values).logits
+    groups = len(table.groups)  # 4 per block: q/k/v, o, gate/up, down
+    assert handle.info["layers"] == 14 and groups == 8
+    assert made == [1] * groups and len(derived) == groups
+    assert torch.equal(got, reference)
+
+
+def test_gather_into_a_shared_buffer_is_exact() -> None:
+    gen = torch.Generator().manual_seed(11)
+    wt = torch.randn(48, 40, generator=gen)
+    buffer = torch.empty_like(wt)
+    for rows in (1, 3):
+        x = torch.randn(rows, 48, generator=gen)
+        keep = x.abs() > 0.7
+        first = K.index_select_kernel(x, keep, wt, None, buffer=buffer)
+        want = K.index_select_kernel(x, keep, wt, None)
+        other = K.index_select_kernel(x, x.abs() > 0.1, wt, None, buffer=buffer)  # reuses the buffer
+        assert torch.equal(first, want) and not torch.equal(other, want)

@@ -53,45 +53,95 @@ def _bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return y if bias is None else y + bias
 
 
+class Picked:
+    """One thresholded input and what the gather kernels derive from it (kept indices, gathered values, bags),
+    each computed on first use and then shared by every layer reading the input (q/k/v, gate/up).
+
+    `buffers` (shape -> a preallocated (in, out) tensor, shared by the layers of a runtime) lets index_select
+    write the gathered rows of W^T into memory that is already mapped, instead of a fresh allocation per layer
+    per token (megabytes, so a new mapping and its page faults each time).
+    """
+
+    __slots__ = ("_bags", "_gather", "keep", "x2")
+
+    def __init__(self, x2: torch.Tensor, keep: torch.Tensor) -> None:
+        self.x2, self.keep = x2, keep
+        self._gather: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._bags: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kept column indices, the input at those columns): the union over the rows of a small batch."""
+        if self._gather is None:
+            x2, keep = self.x2, self.keep
+            if x2.shape[0] == 1:
+                idx = keep[0].nonzero().squeeze(1)
+                xs = x2.index_select(1, idx)
+            else:
+                idx = keep.any(0).nonzero().squeeze(1)
+                xs = x2.masked_fill(~keep, 0.0).index_select(1, idx)
+            self._gather = (idx, xs)
+        return self._gather
+
+    def bags(self, split: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(columns, values, offsets) of embedding_bag: one bag per token, or `split` bags at batch 1."""
+        if split not in self._bags:
+            x2, keep = self.x2, self.keep
+            cols = keep.nonzero()[:, 1]
+            vals = x2[keep]
+            n = x2.shape[0]
+            if n == 1 and split > 1:
+                per = max(1, math.ceil(cols.numel() / split))
+                offsets = (torch.arange(0, split, device=x2.device) * per).clamp_(max=cols.numel())
+            else:
+                offsets = torch.zeros(n, dtype=torch.long, device=x2.device)
+                if n > 1:
+                    offsets[1:] = keep.sum(1).cumsum(0)[:-1]
+            self._bags[split] = (cols, vals, offsets)
+        return self._bags[split]
+
+
 def index_select_kernel(
-    x2: torch.Tensor, keep: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None
+    x2: torch.Tensor,
+    keep: torch.Tensor,
+    wt: torch.Tensor,
+    bias: torch.Tensor | None,
+    picked: Picked | None = None,
+    buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(n, in) input, (n, in) keep mask, (in, out) W^T -> (n, out)."""
-    if x2.shape[0] == 1:
-        idx = keep[0].nonzero().squeeze(1)
-        xs = x2.index_select(1, idx)
+    """(n, in) input, (n, in) keep mask, (in, out) W^T -> (n, out). `buffer`: an (in, out) tensor to gather into."""
+    idx, xs = (picked or Picked(x2, keep)).gathered()
+    if buffer is not None:
+        w = torch.index_select(wt, 0, idx, out=buffer[: idx.numel()])
     else:
-        idx = keep.any(0).nonzero().squeeze(1)
-        xs = x2.masked_fill(~keep, 0.0).index_select(1, idx)
-    w = wt.index_select(0, idx)
+        w = wt.index_select(0, idx)
     return torch.addmm(bias, xs, w) if bias is not None else xs @ w
 
 
 def embedding_bag_kernel(
-    x2: torch.Tensor, keep: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, split: int = 1
+    x2: torch.Tensor,
+    keep: torch.Tensor,
+    wt: torch.Tensor,
+    bias: torch.Tensor | None,
+    split: int = 1,
+    picked: Picked | None = None,
+    buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One bag per token (or, at batch 1 with `split` > 1, `split` bags summed): y_i = sum_j x_ij W^T[j]."""
-    nz = keep.nonzero()
-    cols = nz[:, 1]
-    vals = x2[keep]
-    n = x2.shape[0]
-    if n == 1 and split > 1:
-        per = max(1, math.ceil(cols.numel() / split))
-        offsets = torch.arange(0, split, device=x2.device) * per
-        offsets = offsets.clamp_(max=cols.numel())
-        y = F.embedding_bag(cols, wt, offsets, mode="sum", per_sample_weights=vals).sum(0, keepdim=True)
-        return _bias(y, bias)
-    counts = keep.sum(1)
-    offsets = torch.zeros(n, dtype=torch.long, device=x2.device)
-    if n > 1:
-        offsets[1:] = counts.cumsum(0)[:-1]
-    return _bias(F.embedding_bag(cols, wt, offsets, mode="sum", per_sample_weights=vals), bias)
+    split = split if x2.shape[0] == 1 else 1
+    cols, vals, offsets = (picked or Picked(x2, keep)).bags(split)
+    y = F.embedding_bag(cols, wt, offsets, mode="sum", per_sample_weights=vals)
+    return _bias(y.sum(0, keepdim=True) if split > 1 else y, bias)
 
 
 def embedding_bag_split_kernel(
-    x2: torch.Tensor, keep: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None
+    x2: torch.Tensor,
+    keep: torch.Tensor,
+    wt: torch.Tensor,
+    bias: torch.Tensor | None,
+    picked: Picked | None = None,
+    buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return embedding_bag_kernel(x2, keep, wt, bias, split=max(1, torch.get_num_threads()))
+    return embedding_bag_kernel(x2, keep, wt, bias, max(1, torch.get_num_threads()), picked)
 
 
 SPARSE_ACT: dict[str, Callable[..., torch.Tensor]] = {

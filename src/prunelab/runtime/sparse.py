@@ -41,7 +41,8 @@ KernelChoice = str | Callable[[int, int, int, float], str]
 
 
 class _Selection:
-    """The keep mask of one input group's last input, so q/k/v (gate/up) threshold their shared input once.
+    """The thresholded form of one input group's last input, so q/k/v (gate/up) threshold their shared input once
+    and share the kept indices and gathered values too (`kernels.Picked`).
 
     The entry is dropped once every layer of the group has used it (a later call recomputes).
     """
@@ -49,20 +50,23 @@ class _Selection:
     def __init__(self, readers: int) -> None:
         self.readers = readers
         self.x: torch.Tensor | None = None
-        self.keep: torch.Tensor | None = None
+        self.picked: K.Picked | None = None
         self.left = 0
 
-    def mask(self, x: torch.Tensor, x2: torch.Tensor, threshold: float) -> torch.Tensor:
-        if self.x is x and self.keep is not None and self.left > 0:
+    def pick(self, x: torch.Tensor, x2: torch.Tensor, threshold: float) -> K.Picked:
+        if self.x is x and self.picked is not None and self.left > 0:
             self.left -= 1
-            keep = self.keep
+            picked = self.picked
             if self.left == 0:
-                self.x = self.keep = None
-            return keep
-        keep = x2.abs() > threshold
+                self.x = self.picked = None
+            return picked
+        picked = K.Picked(x2, x2.abs() > threshold)
         if self.readers > 1:
-            self.x, self.keep, self.left = x, keep, self.readers - 1
-        return keep
+            self.x, self.picked, self.left = x, picked, self.readers - 1
+        return picked
+
+    def mask(self, x: torch.Tensor, x2: torch.Tensor, threshold: float) -> torch.Tensor:
+        return self.pick(x, x2, threshold).keep
 
 
 class ActivationSparseLinear(nn.Module):
@@ -76,6 +80,7 @@ class ActivationSparseLinear(nn.Module):
         prefill: str = "dense",
         kernels: dict[int, str] | None = None,
         beyond: str = "dense",
+        buffer: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.__dict__["original"] = original  # kept aside, not a submodule: state_dict keys stay `...q_proj.weight`
@@ -88,13 +93,19 @@ class ActivationSparseLinear(nn.Module):
         self.threshold = float(threshold)
         self.selection = selection
         self.prefill = prefill
-        self.kernels = dict(kernels or {})  # rows bucket -> kernel
-        self.beyond = beyond  # kernel for more rows than the largest bucket
+        self.__dict__["gather_buffer"] = buffer  # shared by the layers of one shape: not this module's state
+        self.set_kernels(kernels or {}, beyond)
+
+    def set_kernels(self, kernels: dict[int, str], beyond: str = "dense") -> None:
+        """rows bucket -> kernel, and the kernel for more rows than the largest bucket."""
+        self.kernels = dict(kernels)
+        self.beyond = beyond
+        self._buckets = tuple(sorted(self.kernels.items()))  # looked up on every call: sorted once here
 
     def kernel_for(self, rows: int) -> str:
-        for bucket in sorted(self.kernels):
+        for bucket, kernel in self._buckets:
             if rows <= bucket:
-                return self.kernels[bucket]
+                return kernel
         return self.beyond
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,11 +115,11 @@ class ActivationSparseLinear(nn.Module):
         if positions > 1 and self.prefill == "dense":
             return self.original.forward(x)
         x2 = x.reshape(-1, self.in_features)
-        keep = self.selection.mask(x, x2, self.threshold)
+        picked = self.selection.pick(x, x2, self.threshold)
         kernel = "dense" if positions > 1 else self.kernel_for(x2.shape[0])
         if kernel == "dense":
-            return self.original.forward(x.masked_fill(~keep.view(x.shape), 0.0))
-        y = K.SPARSE_ACT[kernel](x2, keep, self.weight_t, self.bias)
+            return self.original.forward(x.masked_fill(~picked.keep.view(x.shape), 0.0))
+        y = K.SPARSE_ACT[kernel](x2, picked.keep, self.weight_t, self.bias, picked=picked, buffer=self.gather_buffer)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -217,9 +228,21 @@ def _choose(
                 table[r] = min(times, key=times.__getitem__)
                 measured.setdefault(f"{in_f}x{out_f}", {})[r] = {k: v * 1e6 for k, v in times.items()}
         for m in group:
-            m.kernels = dict(table)
-            m.beyond = choice if isinstance(choice, str) and choice != "auto" else "dense"
+            m.set_kernels(table, choice if isinstance(choice, str) and choice != "auto" else "dense")
     return measured
+
+
+def _share_buffers(mods: dict[str, ActivationSparseLinear]) -> int:
+    """One (in, out) gather buffer per shape for the layers that may run index_select; returns how many."""
+    buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+    for m in mods.values():
+        if "index_select" in (m.beyond, *m.kernels.values()):
+            wt = m.weight_t
+            key = (*wt.shape, wt.dtype, wt.device)
+            if key not in buffers:
+                buffers[key] = torch.empty_like(wt)
+            m.__dict__["gather_buffer"] = buffers[key]
+    return len(buffers)
 
 
 def apply_activation_sparsity(
@@ -256,6 +279,7 @@ def apply_activation_sparsity(
         for name in g.layers:
             mods[name] = ActivationSparseLinear(layers[name], thresholds[name], selection, prefill)
     measured = _choose(mods, keep_of, choice, tuple(sorted(rows)), measure_repeats)
+    _share_buffers(mods)
     handle = RuntimeHandle(model)
     for name, mod in mods.items():
         swap(model, name, mod, handle)
