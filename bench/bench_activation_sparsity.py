@@ -9,8 +9,10 @@ Sections (each can be skipped): `kernels` (time per token of each SmolLM2 Linear
 of input channels and against weight sparsity, beside the bytes-read bound; plus the row-layout experiment behind
 the width-1536 case), `model` (decode tok/s at batch 1 A/B interleaved with the dense model over several rounds,
 median and IQR; perplexity of the first 40 x 512 WikiText-2 windows), `profile` (torch.profiler of one decode
-step). Every timing goes through prunelab.measurement (timing.time_runs / latency.decode). Writes
-bench/results/activation_sparsity.json and prints tables.
+step), `costs` (the per-shape kernel costs that allocation greedy-time allocates by, measured once per model and
+cached beside its tables: run it on the quiet machine before `quality` builds a greedy-time table, or that
+table's costs are measured wherever quality runs). Every timing goes through prunelab.measurement
+(timing.time_runs / latency.decode). Writes bench/results/activation_sparsity.json and prints tables.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import torch.nn.functional as F
 
 from prunelab import PruneConfig, data, load_model, prune
 from prunelab._util import environment, write_json_atomic
+from prunelab.config.runtime import GREEDY_TOKENS
 from prunelab.evaluation.perplexity import perplexity
 from prunelab.measurement import latency
 from prunelab.measurement.timing import set_threads, summarize, time_runs
 from prunelab.runtime import apply_activation_sparsity, apply_weight_sparsity, calibrate_thresholds
 from prunelab.runtime import kernels as K
+from prunelab.runtime.costs import KernelCosts, measure_kernel_costs
 from prunelab.runtime.thresholds import ThresholdTable
 
 SHAPES = ("576x576", "576x192", "576x1536", "1536x576")  # in x out: q/o, k/v, gate/up, down
@@ -138,8 +142,8 @@ def _variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _settings_of(variant: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [{"name": f"act {a} {lv:g}", "allocation": a, "level": lv} for a, lv in variant["act"]]
+def _settings_of(variant: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = [{"name": _setting_name(a, lv, args), "allocation": a, "level": lv} for a, lv in variant["act"]]
     if variant["weights"]:
         rows.append({"name": "csr weights", "weights": True})
     return rows
@@ -181,13 +185,51 @@ class ModelCache:
         tmp.replace(path)
         return m
 
+    def costs(self, label: str, model: torch.nn.Module) -> KernelCosts:
+        """The model's kernel costs (greedy-time), measured once (alone on the machine: `--sections costs`)."""
+        path = self.dir / f"{_slug(label)}.kernel_costs.json"
+        if path.exists():
+            return KernelCosts.from_dict(json.loads(path.read_text()), str(path))
+        from prunelab.models import block_linears, find_blocks
+
+        prefix, blocks = find_blocks(model)
+        layers = {n: m for i, b in enumerate(blocks) for n, m in block_linears(b, f"{prefix}.{i}").items()}
+        costs = measure_kernel_costs(layers)
+        write_json_atomic(path, costs.to_dict())
+        return costs
+
     def table(self, label: str, model: torch.nn.Module, allocation: str) -> ThresholdTable:
-        path = self.dir / f"{_slug(label, allocation)}.thresholds.json"
+        a = self.args
+        path = self.dir / f"{_slug(label, allocation + _search_tag(allocation, a))}.thresholds.json"
         if path.exists():
             return ThresholdTable.from_dict(json.loads(path.read_text()), str(path))
-        table = calibrate_thresholds(model, self.calib, allocation=allocation)
+        costs = self.costs(label, model) if allocation == "greedy-time" else None
+        table = calibrate_thresholds(model, self.calib, allocation=allocation, greedy_tokens=a.greedy_tokens,
+                                     greedy_lazy=a.greedy_lazy, costs=costs)  # fmt: skip
         write_json_atomic(path, table.to_dict())
         return table
+
+
+def _search_tag(allocation: str, args: argparse.Namespace) -> str:
+    """' t512 lazy' for a greedy search off its defaults (own tables, own rows); '' otherwise."""
+    if allocation == "uniform":
+        return ""
+    tokens = "" if args.greedy_tokens == GREEDY_TOKENS else f" t{args.greedy_tokens}"
+    return tokens + (" lazy" if args.greedy_lazy else "")
+
+
+def _setting_name(allocation: str, level: float, args: argparse.Namespace) -> str:
+    return f"act {allocation}{_search_tag(allocation, args)} {level:g}"
+
+
+def costs_section(args: argparse.Namespace) -> None:
+    """Measure (and cache) each model's kernel costs, so later greedy-time calibrations need no quiet machine."""
+    cache = ModelCache(args)
+    for label, variant in _variants(args).items():
+        costs = cache.costs(label, cache.model(label, variant))
+        print(f"costs {label}: " + "; ".join(
+            f"{k} dense {costs.dense[k] * 1e6:.0f} us, best at keep 0.5 "
+            f"{costs.sparse[k][costs.keeps.index(0.5)] * 1e6:.0f} us" for k in costs.dense), flush=True)  # fmt: skip
 
 
 def _apply(model: torch.nn.Module, setting: dict[str, Any], table: Any, kernels: Any, prefill: str = "dense"):
@@ -206,7 +248,7 @@ def quality_section(args: argparse.Namespace) -> None:
     ids = data.tokenize(cache.lm.tokenizer, data.load_text(f"wikitext2:{args.wikitext}").text)
     windows = data.eval_windows(ids, args.ppl_seqlen, args.ppl_windows)
     for label, variant in _variants(args).items():
-        todo = [s for s in [{"name": "dense"}, *_settings_of(variant)]
+        todo = [s for s in [{"name": "dense"}, *_settings_of(variant, args)]
                 if not _row_path(args, "quality", label, s["name"]).exists()]  # fmt: skip
         if not todo:
             continue
@@ -250,7 +292,7 @@ def speed_section(args: argparse.Namespace) -> None:
     """Decode tok/s, A/B: each round times the model dense and under every setting in turn, in this process."""
     cache = ModelCache(args)
     for label, variant in _variants(args).items():
-        settings = _settings_of(variant)
+        settings = _settings_of(variant, args)
         if all(_row_path(args, "speed", label, s["name"]).exists() for s in settings):
             continue
         model = cache.model(label, variant)
@@ -287,7 +329,7 @@ def collect_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for label, variant in _variants(args).items():
         base = _read(_row_path(args, "quality", label, "dense"))
-        for s in [{"name": "dense"}, *_settings_of(variant)]:
+        for s in [{"name": "dense"}, *_settings_of(variant, args)]:
             q = _read(_row_path(args, "quality", label, "dense" if s.get("weights") else s["name"]))
             sp = _read(_row_path(args, "speed", label, s["name"]))
             row: dict[str, Any] = {"model": label, "setting": s["name"]}
@@ -412,7 +454,8 @@ def print_profile(res: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", nargs="*", default=["kernels", "quality", "speed", "profile"],
-                    help="kernels, quality (perplexity; timing-free), speed (decode A/B; alone!), profile")  # fmt: skip
+                    help="kernels, costs (greedy-time kernel costs; alone!), quality (perplexity; timing-free), "
+                    "speed (decode A/B; alone!), profile")  # fmt: skip
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
@@ -427,7 +470,10 @@ def main() -> None:
     ap.add_argument("--ppl-windows", type=int, default=40)
     ap.add_argument("--ppl-seqlen", type=int, default=512)
     ap.add_argument("--levels", nargs="*", type=float, default=list(LEVELS))
-    ap.add_argument("--allocations", nargs="*", default=["uniform", "greedy"])
+    ap.add_argument("--allocations", nargs="*", default=["uniform", "greedy"], help="uniform, greedy, greedy-time")
+    ap.add_argument("--greedy-tokens", type=int, default=GREEDY_TOKENS,
+                    help="greedy search: tokens a candidate is scored on (off default: own tables, rows)")  # fmt: skip
+    ap.add_argument("--greedy-lazy", action="store_true", help="lazy greedy search (own tables and row names)")
     ap.add_argument("--pruned-allocations", nargs="*", default=["greedy"], help="allocations on pruned models")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--prompt-len", type=int, default=64)
@@ -448,6 +494,8 @@ def main() -> None:
                                                    "kernels": kernel_section(args)})  # fmt: skip
     if (rows / "kernels.json").exists():
         print_kernels(json.loads((rows / "kernels.json").read_text())["kernels"])
+    if "costs" in args.sections:
+        costs_section(args)
     if "quality" in args.sections:
         quality_section(args)
     if "speed" in args.sections:

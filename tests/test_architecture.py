@@ -88,7 +88,7 @@ def test_known_sets_are_choices() -> None:
         ("bench", "--sparse-kernels"): ["auto", "off"],
         ("eval", "--sparse-kernels"): ["auto", "off"],
         ("generate", "--sparse-kernels"): ["auto", "off"],
-        ("calibrate-activations", "--allocation"): ["uniform", "greedy"],
+        ("calibrate-activations", "--allocation"): ["uniform", "greedy", "greedy-time"],
         ("train-aware", "--preset"): list(PRESETS),
     }
     for (command, flag), choices in expected.items():

@@ -45,6 +45,25 @@ def test_calibrate_writes_plain_folder_plus_table(calibrated: Path, tiny_folder:
     assert report["grid"] == "0, 0.2, 0.5" and report["layers"] == sum(len(g.layers) for g in table.groups)
 
 
+def test_greedy_time_records_costs_and_a_cost_table_repeats_the_allocation(tiny_folder: Path, tmp_path: Path) -> None:
+    corpus = str(tmp_path / "corpus.txt")
+    search = ["--allocation", "greedy-time", "--greedy-step", "0.1", "--greedy-tokens", "32", "--greedy-lazy"]
+    first, second = tmp_path / "t1", tmp_path / "t2"
+    assert main(["-q", "calibrate-activations", "--model", str(tiny_folder), "--calib", corpus, *CAL, *search,
+                 "--output", str(first)]) == 0  # fmt: skip
+    table = ThresholdTable.load(first)
+    cal = table.calibration
+    assert table.allocation == "greedy-time" and cal["greedy_tokens"] == 32 and cal["greedy_step"] == 0.1
+    assert cal["greedy_lazy"] is True and cal["kernel_costs"]["dense"]
+    assert main(["-q", "calibrate-activations", "--model", str(tiny_folder), "--calib", corpus, *CAL, *search,
+                 "--cost-table", str(first), "--output", str(second)]) == 0  # fmt: skip
+    again = ThresholdTable.load(second)
+    assert again.sparsity == table.sparsity and again.thresholds == table.thresholds
+    proc = cli(["calibrate-activations", "--model", str(tiny_folder), "--cost-table", str(first), "--output",
+                str(tmp_path / "t3")])  # fmt: skip
+    assert proc.returncode == 2 and "for allocation greedy-time, not uniform" in proc.stderr
+
+
 def test_eval_and_generate_at_a_level(calibrated: Path, tmp_path: Path, capsys) -> None:
     corpus = str(tmp_path / "corpus.txt")
     ppl = {}

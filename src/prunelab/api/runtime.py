@@ -26,6 +26,7 @@ from prunelab.runtime.thresholds import (
     ThresholdTable,
     calibrate_thresholds,
     find_table,
+    read_costs,
     write_calibrated_folder,
 )
 from prunelab.runtime.weights import COMPACT_FILE, load_sparse
@@ -89,6 +90,9 @@ def calibrate_activations_job(
     copies; plain transformers loads it as the dense model) + the threshold table side file."""
     check_output(output, overwrite)
     data.check_source(cfg.calib)
+    if cfg.cost_table is not None and cfg.allocation != "greedy-time":
+        raise PrunelabError(f"--cost-table is for allocation greedy-time, not {cfg.allocation}")
+    costs = read_costs(cfg.cost_table) if cfg.cost_table is not None else None  # before loading anything
     folder = _folder(source.model)
     if folder is not None and (folder / COMPACT_FILE).is_file():
         raise PrunelabError("calibrate the dense folder (save_model output), not a compact sparse folder")
@@ -100,7 +104,8 @@ def calibrate_activations_job(
     record = {"source": cfg.calib, "seed": cfg.seed}
     table = calibrate_thresholds(
         lm.model, calib, cfg.allocation, cfg.levels, cfg.exclude,
-        batch_size=cfg.calib_batch_size or 1, record=record,
+        batch_size=cfg.calib_batch_size or 1, greedy_tokens=cfg.greedy_tokens, greedy_step=cfg.greedy_step,
+        greedy_lazy=cfg.greedy_lazy, record=record, costs=costs,
     )  # fmt: skip
     if folder is not None:
         write_calibrated_folder(folder, table, output, overwrite=overwrite, link=True)

@@ -14,8 +14,15 @@ from pydantic import Field, field_validator
 from prunelab.config.base import StrictModel, section
 from prunelab.config.prune import PruneConfig
 
-ActAllocation = Literal["uniform", "greedy"]
+# uniform: every input at the level. greedy: TEAL's block-wise greedy, raise the input with the least output error
+# per skipped weight. greedy-time: the same walk, but the least error per predicted second saved (the measured
+# per-shape cost of the kernel the runtime will run, `runtime/costs.py`).
+ActAllocation = Literal["uniform", "greedy", "greedy-time"]
 ACT_ALLOCATIONS: tuple[str, ...] = get_args(ActAllocation)
+GREEDY_ALLOCATIONS: tuple[str, ...] = ("greedy", "greedy-time")
+# Greedy search: calibration tokens each candidate is scored on, and the sparsity step of one raise.
+GREEDY_TOKENS = 2048
+GREEDY_STEP = 0.05
 SparseKernels = Literal["auto", "off"]
 # One saved model serves every level of this grid (0 to 0.9 by 0.05).
 DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(19))
@@ -53,8 +60,20 @@ class ActivationCalibConfig(_CalibFields):  # type: ignore[misc,valid-type]
     """What `prunelab calibrate-activations` measures: |x| thresholds per Linear input for a grid of levels."""
 
     allocation: ActAllocation = Field(
-        "uniform", description="per-layer levels: uniform, or greedy (TEAL: more sparsity where it costs less error)"
+        "uniform",
+        description="per-layer levels: uniform; greedy (TEAL: more sparsity where it costs less error per skipped "
+        "weight); greedy-time (less error per predicted second saved, from measured kernel costs per shape)",
     )
+    greedy_tokens: int = Field(
+        GREEDY_TOKENS, ge=1, description="greedy: calibration tokens each candidate raise is scored on (the first "
+        "windows; fewer is faster, noisier)")  # fmt: skip
+    greedy_step: float = Field(GREEDY_STEP, gt=0.0, lt=1.0, description="greedy: sparsity added by one raise")
+    greedy_lazy: bool = Field(
+        False, description="greedy: re-score only the best candidate of each raise (about 2 block forwards per raise "
+        "instead of one per input; exact when error increases add up over inputs, else an approximation)")  # fmt: skip
+    cost_table: str | None = Field(
+        None, description="greedy-time: kernel costs to reuse (a calibrated folder, its table or a costs JSON) "
+        "instead of measuring them; the same costs give the same allocation")  # fmt: skip
     exclude: list[str] = Field(
         default_factory=list, description="layer names or re:REGEX left dense (lm_head is never sparse)"
     )
