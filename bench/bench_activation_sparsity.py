@@ -271,7 +271,7 @@ def quality_section(args: argparse.Namespace) -> None:
                    "model_average_sparsity": info.get("model_average"), "windows": args.ppl_windows,
                    "seqlen": args.ppl_seqlen}  # fmt: skip
             write_json_atomic(_row_path(args, "quality", label, s["name"]), row)
-            print(f"quality {label:20s} {s['name']:22s} ppl {ppl:8.3f}  ({row['seconds']:.0f} s)", flush=True)
+            print(f"quality {label:20s} {s['name']:30s} ppl {ppl:8.3f}  ({row['seconds']:.0f} s)", flush=True)
 
 
 def _decode_round(model: torch.nn.Module, args: argparse.Namespace) -> float:
@@ -355,14 +355,14 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def print_models(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'model':20s} {'setting':22s} {'sparsity':>8s} {'tok/s':>8s} {'IQR':>6s} {'x dense':>8s} "
+    print(f"\n{'model':20s} {'setting':30s} {'sparsity':>8s} {'tok/s':>8s} {'IQR':>6s} {'x dense':>8s} "
           f"{'ppl':>8s} {'x ppl':>6s}")  # fmt: skip
     nan = float("nan")
     for r in rows:
         d = r.get("decode_tokens_per_s") or {"median": nan, "iqr": nan}
         sp = r.get("model_average_sparsity")
         print(
-            f"{r['model']:20s} {r['setting']:22s} {sp if sp is not None else nan:8.3f} {d['median']:8.2f} "
+            f"{r['model']:20s} {r['setting']:30s} {sp if sp is not None else nan:8.3f} {d['median']:8.2f} "
             f"{d['iqr']:6.2f} {r.get('speedup', nan):8.2f} {r.get('perplexity', nan):8.2f} "
             f"{r.get('ppl_ratio', nan):6.3f}"
         )
