@@ -27,7 +27,10 @@ Allocation across inputs:
 The greedy search costs (raises) x (inputs) block forwards on `greedy_tokens` tokens per block. It stops once the
 path's average passes the highest calibrated level (nothing above it is ever read). `greedy_tokens` trades time
 for noise: the error of a candidate is a mean over those tokens (the first calibration windows, so a seed gives
-the same allocation), and 512 instead of 2048 makes the search 4x cheaper.
+the same allocation), and 512 instead of 2048 makes the search 4x cheaper. `greedy_lazy` re-scores only the
+best candidate of each raise (about 2 block forwards per raise instead of 4 on a Llama block: 119 against 260
+on the tiny test Llama, with the allocation at 0.5 within one step of the full search there); it is exact when
+the inputs' error increases add up, an approximation otherwise. Both stay off by default (TEAL's search).
 """
 
 from __future__ import annotations
