@@ -20,15 +20,15 @@ import torch
 from torch import nn
 
 from prunelab import data
-from prunelab._util import write_json_atomic
+from prunelab.api._save import save_and_report
 from prunelab.config.models import ModelConfig
 from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
-from prunelab.models import check_output, check_seqlen, load_model, save_model
+from prunelab.models import check_output, check_seqlen, load_model
 from prunelab.pruning import get_method
 from prunelab.pruning.structured.method import StepRecovery
 from prunelab.training.checkpoint import only_checkpoint
-from prunelab.training.recover import is_main_process, recover
+from prunelab.training.recover import recover
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +163,8 @@ def recover_job(
                            {"student": str(folder.resolve()), "teacher": teacher})  # fmt: skip
     record["teacher"] = teacher
     report = {**meta, "recovery": record, "recovered_from": str(folder)}
-    if not is_main_process():
-        return report
-    save_model(student.model, student.tokenizer, out, report, overwrite or only_checkpoint(out))
-    report["output"] = str(out)
-    report["total_seconds"] = time.perf_counter() - started
-    if json_path:
-        write_json_atomic(json_path, report)
-    return report
+    return save_and_report(report, student.model, student.tokenizer, out, overwrite, started, json_path,
+                           trained=True)
 
 
 def load_teacher(spec: str | None, source: ModelConfig, student: Any) -> nn.Module:
