@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab._util import progress, progress_enabled, work_span
+from prunelab._util import keep_on_interrupt, progress, progress_enabled, work_span
 from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import find_blocks, is_prunable
@@ -213,10 +213,8 @@ def recover(
                 acc.wait_for_everyone()
             if on_step is not None:
                 on_step(done)
-    except KeyboardInterrupt:
-        if checkpoint_dir and (Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR / ckpt.STATE).exists():
-            log.warning("recovery stopped; its checkpoint stays in %s: rerun the same command to resume",
-                        Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR)  # fmt: skip
+    except KeyboardInterrupt as e:
+        note_kept(e, checkpoint_dir)
         raise
     finally:
         span.close()
@@ -241,6 +239,20 @@ def recover(
     log.info("recovery %s: loss %.4f -> %.4f over %d steps (%d tokens, %.0f tokens/s)", cfg.mode,
              record["loss_first"], record["loss_last"], steps, tokens, record["tokens_per_second"])  # fmt: skip
     return record
+
+
+def note_kept(error: KeyboardInterrupt, checkpoint_dir: str | Path | None) -> None:
+    """An interrupt keeps the checkpoint on purpose: say so (log, and the CLI's last line).
+    Called here and by the api jobs (an interrupt before the loop, when resuming); once per interrupt."""
+    folder = Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR if checkpoint_dir else None
+    if folder is None or getattr(error, "prunelab_kept", None):
+        return
+    paths = {"checkpoint": folder / ckpt.STATE}
+    kept = [what for what, path in paths.items() if path.exists()]
+    if kept:
+        note = f"kept the recovery {' and '.join(kept)} in {folder}: rerun the same command to resume"
+        log.warning("recovery stopped; %s", note)
+        keep_on_interrupt(error, note)
 
 
 def _loss(model: nn.Module, teacher: nn.Module | None, t_keep: list[int] | None, ids: torch.Tensor,
