@@ -29,6 +29,7 @@ from prunelab.models import check_output, check_seqlen, load_model
 from prunelab.pruning import make_pruner
 from prunelab.pruning.run import check_sources, prune, prune_report, sparsity_report
 from prunelab.streaming import prune_streaming
+from prunelab.training.teacher_cache import check_k
 
 
 def prune_job(
@@ -60,6 +61,8 @@ def prune_job(
     started = time.perf_counter()
     lm = load_model(source.model, dtype=source.dtype, device=source.device, device_map=source.device_map)
     load_seconds = time.perf_counter() - started
+    if recover is not None and recover.teacher_topk:  # k within the vocabulary, before any evaluation or pruning
+        check_k(recover.teacher_topk, lm.model)
     before: dict[str, float] = {}
     if ppl:
         assert ev is not None

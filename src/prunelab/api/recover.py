@@ -31,6 +31,7 @@ from prunelab.pruning import get_method
 from prunelab.pruning.structured.method import StepRecovery
 from prunelab.training.checkpoint import only_checkpoint
 from prunelab.training.recover import note_kept, recover
+from prunelab.training.teacher_cache import check_k
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ def check_output_or_resume(output: str | Path | None, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def kept_on_interrupt(output: str | Path | None) -> Iterator[None]:
-    """An interrupt anywhere in a recovering job (loading, pruning, training, saving) names the checkpoint it
-    leaves in `output` to resume from, so the CLI's last line does not claim nothing was left."""
+    """An interrupt anywhere in a recovering job (loading, pruning, training, saving) names the checkpoint and
+    teacher cache it leaves in `output` to resume from, so the CLI's last line does not claim nothing was left."""
     try:
         yield
     except KeyboardInterrupt as e:
@@ -171,6 +172,8 @@ def recover_job(
         if cfg.mode == "distill":
             t = load_model(teacher, dtype=dtype, device=device)
             check_teacher(student.model, t.model, student.tokenizer, t.tokenizer)
+            if cfg.teacher_topk:
+                check_k(cfg.teacher_topk, t.model)
             t_model = t.model
         removed = meta.get("removed_layers") or None
         record = recover_model(student.model, student.tokenizer, cfg, t_model, out, removed,
