@@ -258,6 +258,12 @@ CASES = [
     ("recover-distill-without-teacher", [R[0], R[1], *R[4:]], "needs --teacher"),
     ("recover-output-exists", [*R[:-1], "{base}/existing-out"], "already exists"),
     ("recover-not-a-model", ["recover", "{noconfig}", *R[2:]], "no config.json"),
+    ("recover-topk-negative", [*R, "--teacher-topk", "-1"], "teacher_topk"),
+    ("recover-topk-over-vocab", [*R, "--teacher-topk", "100000"], "teacher_topk 100000 exceeds the teacher's vocab"),
+    ("recover-topk-with-hidden-mse", [*R, "--teacher-topk", "8", "--hidden-mse", "0.1"], "not the hidden states"),
+    ("recover-topk-lora", [R[0], R[1], *R[4:], "--mode", "lora", "--teacher-topk", "8"], "teacher_topk.*distill"),
+    ("prune-recover-topk-over-vocab", [*SP, "--recover", "distill", "--recover-tokens", "32",
+                                       "--recover-teacher-topk", "100000"], "exceeds the teacher's vocabulary"),
     # --- eval
     ("eval-random-gguf", ["eval", "--model", "{base}/random.gguf"], "not a GGUF file"),
     ("eval-truncated-safetensors", ["eval", "--model", "{trunc_st}", *E[3:]], "could not load model"),

@@ -20,7 +20,7 @@ from prunelab.config.recover import RecoverConfig
 from prunelab.pruning.run import prune
 from prunelab.training import checkpoint as ckpt
 from prunelab.training.distill import kl_loss, layer_map
-from prunelab.training.recover import recover
+from prunelab.training.recover import recover, step_windows
 from tests.conftest import CORPUS, VOCAB, make_model, make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +148,29 @@ def test_gradient_accumulation_matches_the_larger_batch() -> None:
         states.append(student.state_dict())
     for k in states[0]:
         torch.testing.assert_close(states[1][k], states[0][k], atol=1e-5, rtol=1e-4)
+
+
+def test_accumulated_gradient_is_the_mean_over_micro_steps(monkeypatch) -> None:
+    """Plain SGD (AdamW swapped out) makes the update lr x gradient, so a missing 1/accum would double it (Adam's
+    normalisation hides that); one step of 1 window x 2 micro-steps must equal w - lr * the gradient of the mean
+    loss over both windows, computed here on a copy without the loop."""
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr))
+    teacher, data, lr = make_model("llama"), windows(4), 0.5
+    student, _ = pruned()
+    reference = copy.deepcopy(student)
+    cfg = RecoverConfig(tokens=2 * 16, seqlen=16, batch_size=1, grad_accum=2, lr=lr, max_grad_norm=1e9)
+    record = recover(student, cfg, data, teacher)
+    assert record["steps"] == 1
+    ids = data[step_windows(0, 2, data.shape[0], cfg.seed)]  # the two windows of step 0, one per micro-step
+    with torch.no_grad():
+        target = teacher(input_ids=ids).logits
+    kl_loss(reference(input_ids=ids).logits, target).backward()
+    largest = 0.0
+    for (name, p), q in zip(reference.named_parameters(), student.parameters(), strict=True):
+        assert p.grad is not None, name
+        torch.testing.assert_close(q.detach(), p.detach() - lr * p.grad, atol=1e-6, rtol=1e-4, msg=name)
+        largest = max(largest, float((lr * p.grad).abs().max()))
+    assert largest > 1e-3  # a doubled step would miss by this much: far outside the tolerance above
 
 
 def distributed_case(world: int) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
 """SIGTERM to a running `prunelab recover` (and `prune --recover`) once its first checkpoint is on disk:
-exit 143 with one `prunelab:` line and the checkpoint kept; the same command rerun resumes from it
+exit 143 with one `prunelab:` line that names the checkpoint it keeps; the same command rerun resumes from it
 (`resumed_from_step`) and leaves a complete folder that plain transformers loads, with no checkpoint left behind.
 
 The driver runs the real CLI; with PAUSE set it sleeps after the first checkpoint is written (the steps of a tiny
@@ -93,6 +93,9 @@ def test_sigterm_after_a_checkpoint_then_rerun_resumes(tmp_path: Path, command: 
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     lines = [line for line in stopped.stderr.splitlines() if line.startswith("prunelab:")]
     assert len(lines) == 1 and "interrupt" in lines[0], stopped.stderr[-3000:]
+    # the last line tells the truth: the checkpoint stays on purpose, and rerunning resumes
+    assert "kept the recovery checkpoint" in lines[0] and "rerun the same command" in lines[0], lines[0]
+    assert "no partial output" not in lines[0], lines[0]
     assert ckpt.only_checkpoint(out) and state.exists()  # nothing but the checkpoint: no half-written model
 
     resumed = _run(argv, pause=False)

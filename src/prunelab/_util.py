@@ -59,9 +59,17 @@ def interrupt_exit_code(error: BaseException) -> int:
 
 
 def interrupt_message(error: BaseException) -> str:
-    """The one line the CLI prints for an interrupt."""
+    """The one line the CLI prints for an interrupt: what stays behind on purpose (`keep_on_interrupt`), if
+    anything, else the promise that nothing partial does."""
     name = "SIGTERM" if isinstance(error, Terminated) else "SIGINT"
-    return f"prunelab: interrupted ({name}); no partial output was left"
+    kept = getattr(error, "prunelab_kept", None)
+    return f"prunelab: interrupted ({name}); {kept or 'no partial output was left'}"
+
+
+def keep_on_interrupt(error: BaseException, note: str) -> None:
+    """Mark an interrupt as leaving something on purpose (e.g. a resumable recovery checkpoint), described by
+    `note`, so the CLI's last line says so instead of 'no partial output was left'."""
+    error.prunelab_kept = note  # type: ignore[attr-defined]
 
 
 def _raise_for(signum: int) -> None:

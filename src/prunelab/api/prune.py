@@ -8,6 +8,7 @@ from typing import Any
 
 from prunelab import data
 from prunelab._util import peak_rss_mb, write_json_atomic
+from prunelab.api._save import save_and_report
 from prunelab.api.evaluate import evaluate, ppl_values
 from prunelab.api.recover import (
     between_steps,
@@ -24,12 +25,11 @@ from prunelab.config.prune import PruneConfig
 from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
 from prunelab.measurement.footprint import metering
-from prunelab.models import check_output, check_seqlen, load_model, save_model
+from prunelab.models import check_output, check_seqlen, load_model
 from prunelab.pruning import make_pruner
 from prunelab.pruning.run import check_sources, prune, prune_report, sparsity_report
 from prunelab.streaming import prune_streaming
-from prunelab.training.checkpoint import only_checkpoint
-from prunelab.training.recover import is_main_process
+from prunelab.training.teacher_cache import check_k
 
 
 def prune_job(
@@ -61,6 +61,8 @@ def prune_job(
     started = time.perf_counter()
     lm = load_model(source.model, dtype=source.dtype, device=source.device, device_map=source.device_map)
     load_seconds = time.perf_counter() - started
+    if recover is not None and recover.teacher_topk:  # k within the vocabulary, before any evaluation or pruning
+        check_k(recover.teacher_topk, lm.model)
     before: dict[str, float] = {}
     if ppl:
         assert ev is not None
@@ -105,16 +107,8 @@ def prune_job(
             # Relative degradation per corpus: pruning calibrated on one kind of text can hurt another far more.
             report["perplexity_change"] = {k: v / before[k] - 1 for k, v in report["perplexity"].items()}
         report["perplexity_eval"] = {k: v.to_dict() for k, v in after.items()}
-    if recovery is not None and not is_main_process():  # `accelerate launch`: the first process saves
-        return report
-    if output:
-        meta = {k: v for k, v in report.items() if k != "perplexity_eval"}
-        save_model(lm.model, lm.tokenizer, output, meta, overwrite or only_checkpoint(output))
-        report["output"] = str(output)
-    report["total_seconds"] = time.perf_counter() - started
-    if json_path:
-        write_json_atomic(json_path, report)
-    return report
+    return save_and_report(report, lm.model, lm.tokenizer, output, overwrite, started, json_path,
+                           trained=recovery is not None, leave_out=("perplexity_eval",))  # fmt: skip
 
 
 def prune_streaming_job(

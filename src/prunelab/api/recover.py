@@ -10,9 +10,11 @@ the finished model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,16 @@ import torch
 from torch import nn
 
 from prunelab import data
-from prunelab._util import write_json_atomic
+from prunelab.api._save import save_and_report
 from prunelab.config.models import ModelConfig
 from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
-from prunelab.models import check_output, check_seqlen, load_model, save_model
+from prunelab.models import check_output, check_seqlen, load_model
 from prunelab.pruning import get_method
 from prunelab.pruning.structured.method import StepRecovery
 from prunelab.training.checkpoint import only_checkpoint
-from prunelab.training.recover import is_main_process, recover
+from prunelab.training.recover import note_kept, recover
+from prunelab.training.teacher_cache import check_k
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,17 @@ def check_output_or_resume(output: str | Path | None, overwrite: bool) -> None:
     """An existing output is refused unless --overwrite, or unless it holds only a checkpoint to resume."""
     if not only_checkpoint(output):
         check_output(output, overwrite)
+
+
+@contextlib.contextmanager
+def kept_on_interrupt(output: str | Path | None) -> Iterator[None]:
+    """An interrupt anywhere in a recovering job (loading, pruning, training, saving) names the checkpoint and
+    teacher cache it leaves in `output` to resume from, so the CLI's last line does not claim nothing was left."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        note_kept(e, output)
+        raise
 
 
 def check_teacher(student: nn.Module, teacher: nn.Module, s_tok: Any, t_tok: Any) -> None:
@@ -150,27 +164,24 @@ def recover_job(
     out = Path(output) if output else folder.with_name(folder.name + "-recovered")
     check_output_or_resume(out, overwrite)
     data.check_source(cfg.data)
-    student = load_model(str(folder), dtype=dtype, device=device)
-    if student.tokenizer is None:
-        raise PrunelabError(f"'{pruned}' has no tokenizer; recovery reads text")
-    t_model = None
-    if cfg.mode == "distill":
-        t = load_model(teacher, dtype=dtype, device=device)
-        check_teacher(student.model, t.model, student.tokenizer, t.tokenizer)
-        t_model = t.model
-    removed = meta.get("removed_layers") or None
-    record = recover_model(student.model, student.tokenizer, cfg, t_model, out, removed,
-                           {"student": str(folder.resolve()), "teacher": teacher})  # fmt: skip
-    record["teacher"] = teacher
-    report = {**meta, "recovery": record, "recovered_from": str(folder)}
-    if not is_main_process():
-        return report
-    save_model(student.model, student.tokenizer, out, report, overwrite or only_checkpoint(out))
-    report["output"] = str(out)
-    report["total_seconds"] = time.perf_counter() - started
-    if json_path:
-        write_json_atomic(json_path, report)
-    return report
+    with kept_on_interrupt(out):
+        student = load_model(str(folder), dtype=dtype, device=device)
+        if student.tokenizer is None:
+            raise PrunelabError(f"'{pruned}' has no tokenizer; recovery reads text")
+        t_model = None
+        if cfg.mode == "distill":
+            t = load_model(teacher, dtype=dtype, device=device)
+            check_teacher(student.model, t.model, student.tokenizer, t.tokenizer)
+            if cfg.teacher_topk:
+                check_k(cfg.teacher_topk, t.model)
+            t_model = t.model
+        removed = meta.get("removed_layers") or None
+        record = recover_model(student.model, student.tokenizer, cfg, t_model, out, removed,
+                               {"student": str(folder.resolve()), "teacher": teacher})  # fmt: skip
+        record["teacher"] = teacher
+        report = {**meta, "recovery": record, "recovered_from": str(folder)}
+        return save_and_report(report, student.model, student.tokenizer, out, overwrite, started, json_path,
+                               trained=True)  # fmt: skip
 
 
 def load_teacher(spec: str | None, source: ModelConfig, student: Any) -> nn.Module:

@@ -136,11 +136,14 @@ def run(args: argparse.Namespace) -> int:
             raise PrunelabError(f"--streaming does not take {flag}")
         report = api.prune_streaming_job(cfg, source, args.output, args.overwrite, args.json_path)
     else:
+        from prunelab.api.recover import kept_on_interrupt
+
         ppl = ["shakespeare"] if args.ppl is None else args.ppl
         ev_fields = {"ppl": ppl, "seqlen": args.seqlen, "max_windows": args.max_windows}
         ev = build(EvalConfig, ev_fields, "evaluation settings") if ppl else None
-        report = api.prune_job(cfg, source, ev, args.output, args.overwrite, not args.no_eval_before, args.json_path,
-                               recovery, args.teacher, footprint_config(args))  # fmt: skip
+        with kept_on_interrupt(args.output if recovery is not None else None):  # a resumable checkpoint stays
+            report = api.prune_job(cfg, source, ev, args.output, args.overwrite, not args.no_eval_before,
+                                   args.json_path, recovery, args.teacher, footprint_config(args))  # fmt: skip
     print_prune(report)
     return 0
 

@@ -19,6 +19,9 @@ temperature T, x T^2); mode lora is plain next-token loss with LoRA adapters. Lo
 the output loads with plain transformers. Checkpoints go to OUT/.recover-checkpoint every --checkpoint-every
 steps; rerunning the same command resumes there (a kill loses at most that many steps). The output is written
 atomically and its prunelab.json records the recovery (data, tokens, steps, losses, seconds, tokens/s).
+--teacher-topk K runs the teacher once per window and caches its top-K log-probs in OUT/.recover-checkpoint
+(kept by a kill, removed when the run finishes; `recovery.teacher_cache` records its build seconds and bytes);
+it pays when windows are seen more than once (budget above the data, or a resume).
 Data parallel: `accelerate launch -m prunelab.cli recover ...` (the global batch is batch x accumulation x processes).
 """
 

@@ -3,6 +3,8 @@
 
 Why a budget in tokens and not steps: tokens are what a user pays for in time and what papers report (Minitron,
 Sheared-LLaMA), and they stay comparable when batch size, sequence length or the number of processes change.
+`teacher_topk` refuses `hidden_mse`: caching every block's hidden states would cost L x width per token per block,
+far more than the top-k logits, and the point of the cache is not to run the teacher at all.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class RecoverConfig(StrictModel):
     lora_alpha: int | None = Field(None, gt=0, description="LoRA alpha; default 2 x rank")
     temperature: float = Field(1.0, gt=0, description="distillation temperature T (the loss is scaled by T^2)")
     hidden_mse: float = Field(0.0, ge=0, description="weight of the hidden-state MSE at matched blocks (0 = off)")
+    teacher_topk: int = Field(0, ge=0, description="distill against the teacher's top-k log-probs, computed once "
+                              "per window and cached on disk beside the checkpoint (0 = off: teacher forward "
+                              "every step); k at most the vocabulary; not with hidden_mse")  # fmt: skip
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between resumable checkpoints")
     seed: int = Field(0, description="seed of the data order and of the adapters' initialisation")
@@ -51,6 +56,10 @@ class RecoverConfig(StrictModel):
             raise ValueError("mode lora trains LoRA adapters; use mode distill for full fine-tuning")
         if self.mode == "lora" and self.hidden_mse:
             raise ValueError("hidden_mse needs a teacher (mode distill)")
+        if self.mode == "lora" and self.teacher_topk:
+            raise ValueError("teacher_topk caches a teacher's logits (mode distill)")
+        if self.teacher_topk and self.hidden_mse:
+            raise ValueError("teacher_topk caches logits, not the hidden states hidden_mse needs; use one of them")
         return self
 
     @property

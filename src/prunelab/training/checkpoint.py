@@ -56,14 +56,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(folder: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file beside the checkpoint, then rename over it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE}.", suffix=".tmp", dir=folder)
+    """The checkpoint, atomically (`torch_save_atomic`)."""
+    torch_save_atomic(folder / STATE, state)
+
+
+def torch_save_atomic(path: Path, obj: Any) -> None:
+    """torch.save to a temp file beside `path`, then rename over it (also the teacher cache's writer)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     register_temp(Path(tmp))
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, folder / STATE)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
         unregister_temp(Path(tmp))

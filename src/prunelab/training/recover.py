@@ -2,7 +2,8 @@
 next-token fine-tuning, resumable, data parallel under accelerate.
 
 - mode `distill`: KL to the teacher's token distributions at temperature T (`distill.kl_loss`), plus optionally
-  the hidden-state MSE at matched blocks; all weights or LoRA adapters trained.
+  the hidden-state MSE at matched blocks; all weights or LoRA adapters trained. With `teacher_topk` k the teacher
+  runs once per window before the loop and the loss reads its cached top-k (`teacher_cache.py`).
 - mode `lora`: plain next-token loss, LoRA adapters (LLM-Pruner's recovery); also what `--recover-steps` of the
   structured method runs (`pruning/structured/recover.py`).
 LoRA adapters (peft) sit on the Linear layers of the decoder blocks and are merged back, so the result is a plain
@@ -27,11 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab._util import progress, progress_enabled, work_span
+from prunelab._util import keep_on_interrupt, progress, progress_enabled, work_span
 from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
 from prunelab.models import find_blocks, is_prunable
 from prunelab.training import checkpoint as ckpt
+from prunelab.training import teacher_cache
 from prunelab.training.distill import HiddenMatch, block_outputs, kl_loss, layer_map, next_token_loss
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,8 @@ def recover(
     every optimizer step (tests stop a run there)."""
     if cfg.mode == "distill" and teacher is None:
         raise PrunelabError("distillation needs a teacher model")
+    if cfg.teacher_topk and teacher is not None:
+        teacher_cache.check_k(cfg.teacher_topk, teacher)
     acc = _accelerator(next(student.parameters()).device, cfg.dtype)
     world, rank = acc.num_processes, acc.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world
@@ -150,6 +154,21 @@ def recover(
             torch.manual_seed(cfg.seed)
             match = HiddenMatch(s_width, t_width, len(blocks))
         teacher.eval().requires_grad_(False).to(acc.device)
+    cache, cache_info = None, None
+    if cfg.teacher_topk and teacher is not None:
+        total = steps * global_batch  # the windows this run's steps use, all processes together
+        n_windows = windows.shape[0]
+        needed = list(range(n_windows)) if total >= n_windows else sorted(step_windows(0, total, n_windows, cfg.seed))
+        folder = Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR if checkpoint_dir else None
+        try:
+            with work_span("teacher-topk-cache", str(acc.device)) as cache_span:
+                cache, cache_info = teacher_cache.prepare(teacher, windows, needed, cfg.teacher_topk,
+                                                          cfg.temperature, cfg.batch_size, acc, folder)  # fmt: skip
+        except KeyboardInterrupt as e:
+            note_kept(e, checkpoint_dir)
+            raise
+        if cache_span:
+            cache_info.update(energy=cache_span["energy"], carbon=cache_span["carbon"])
     requires_grad = {n: p.requires_grad for n, p in student.named_parameters()}
     was_training = student.training
     lm = add_lora(student, cfg.lora_rank, cfg.lora_alpha or 2 * cfg.lora_rank, cfg.seed) if cfg.trains == "lora" \
@@ -187,7 +206,8 @@ def recover(
                 ids = windows[idx[lo : lo + cfg.batch_size]].to(acc.device)
                 sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else acc.no_sync(model)
                 with sync, acc.autocast():
-                    loss = _loss(model, teacher, t_keep, ids, cfg)
+                    cached = cache.batch(idx[lo : lo + cfg.batch_size], acc.device) if cache is not None else None
+                    loss = _loss(model, teacher, t_keep, ids, cfg, cached)
                     acc.backward(loss / cfg.grad_accum)
                 total += loss.detach() / cfg.grad_accum
             acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -213,10 +233,8 @@ def recover(
                 acc.wait_for_everyone()
             if on_step is not None:
                 on_step(done)
-    except KeyboardInterrupt:
-        if checkpoint_dir and (Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR / ckpt.STATE).exists():
-            log.warning("recovery stopped; its checkpoint stays in %s: rerun the same command to resume",
-                        Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR)  # fmt: skip
+    except KeyboardInterrupt as e:
+        note_kept(e, checkpoint_dir)
         raise
     finally:
         span.close()
@@ -226,6 +244,10 @@ def recover(
         for n, p in student.named_parameters():
             p.requires_grad_(requires_grad.get(n, p.requires_grad))
         student.train(was_training)
+    if cache is not None and checkpoint_dir:  # finished: the cache goes (the checkpoint goes with the save)
+        if acc.is_main_process:
+            teacher_cache.remove(Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR)
+        acc.wait_for_everyone()
     seconds = seconds_before + time.perf_counter() - began
     tokens = steps * global_batch * windows.shape[1]
     tail = losses[-min(10, len(losses)) :]
@@ -234,7 +256,7 @@ def recover(
         "processes": world, "resumed_from_step": start or None, "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None, "loss_last10_mean": sum(tail) / len(tail) if tail else None,
         "losses": [round(x, 5) for x in losses], "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9),
-        "layer_map": t_keep, "blocks": prefix,
+        "layer_map": t_keep, "blocks": prefix, "teacher_cache": cache_info or {"used": False},
     }  # fmt: skip
     if footprint:
         record.update(energy=footprint["energy"], carbon=footprint["carbon"], metered_seconds=footprint["seconds"])
@@ -243,10 +265,27 @@ def recover(
     return record
 
 
+def note_kept(error: KeyboardInterrupt, checkpoint_dir: str | Path | None) -> None:
+    """An interrupt keeps the checkpoint and the teacher cache on purpose: say so (log, and the CLI's last line).
+    Called here and by the api jobs (an interrupt before the loop, when resuming); once per interrupt."""
+    folder = Path(checkpoint_dir) / ckpt.CHECKPOINT_DIR if checkpoint_dir else None
+    if folder is None or getattr(error, "prunelab_kept", None):
+        return
+    cache = folder / teacher_cache.CACHE_DIR / teacher_cache.FILE
+    paths = {"checkpoint": folder / ckpt.STATE, "teacher top-k cache": cache}
+    kept = [what for what, path in paths.items() if path.exists()]
+    if kept:
+        note = f"kept the recovery {' and '.join(kept)} in {folder}: rerun the same command to resume"
+        log.warning("recovery stopped; %s", note)
+        keep_on_interrupt(error, note)
+
+
 def _loss(model: nn.Module, teacher: nn.Module | None, t_keep: list[int] | None, ids: torch.Tensor,
-          cfg: RecoverConfig) -> torch.Tensor:  # fmt: skip
+          cfg: RecoverConfig, cached: teacher_cache.Targets | None = None) -> torch.Tensor:  # fmt: skip
     if cfg.mode == "lora" or teacher is None:
         return next_token_loss(model(ids)[0], ids)
+    if cached is not None:  # the teacher's top-k from the cache (teacher_topk; never with hidden_mse)
+        return teacher_cache.topk_kl_loss(model(ids)[0], *cached, cfg.temperature)
     with torch.no_grad(), block_outputs(list(find_blocks(teacher)[1]), t_keep if cfg.hidden_mse else []) as t_hidden:
         t_logits = teacher(input_ids=ids, use_cache=False).logits
     logits, mse = model(ids, list(t_hidden) if cfg.hidden_mse else None)
