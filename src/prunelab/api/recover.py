@@ -55,10 +55,9 @@ def _processes() -> int:
     return int(PartialState().num_processes)
 
 
-def inference_probe(
-    footprint: FootprintConfig | None, inference: InferenceEnergyConfig | None
-) -> tuple[Probe | None, str | None]:
-    """The short decode measured beside a recovery's footprint (model -> inference energy record), or why not."""
+def inference_probe(footprint: Any, inference: InferenceEnergyConfig | None) -> tuple[Probe | None, str | None]:
+    """The short decode measured beside a recovery's footprint (model -> inference energy record), or why not.
+    `footprint`: a FootprintConfig or None (typed Any: a `section` model is made at run time)."""
     footprint, inference = footprint or FootprintConfig(), inference or InferenceEnergyConfig()
     bench = "`prunelab bench` on the dense model and on the output measures both"
     if not inference.inference_energy:
@@ -185,7 +184,7 @@ def recover_job(
     json_path: str | None = None,
     device: str = "cpu",
     dtype: str = "auto",
-    footprint: FootprintConfig | None = None,
+    footprint: Any = None,  # FootprintConfig | None
     inference: InferenceEnergyConfig | None = None,
 ) -> dict[str, Any]:
     """Recover a folder pruned earlier; `teacher` (the dense model) is needed for mode distill. Returns the report,

@@ -22,8 +22,9 @@ Decisions, and why:
   `measurement.bench.inference_energy`, a short batch-1 decode), the trained dense model and, at each level, the
   `trajectory` variant are measured, and `training.payback` gives per level the break-even of
   `measurement.footprint.payback`. One variant per level: the masks run through dense kernels, so at one level every
-  variant has the same shapes and the same count of zeros and costs the same per token; expect "never" or a
-  saving within the noise, which is the honest answer for unstructured sparsity on dense kernels. The training
+  variant has the same shapes and the same count of zeros and costs the same per token; expect "unresolved" (a
+  difference within the spread of repeated measurements) or "never", the honest answer for unstructured sparsity
+  on dense kernels, and the payback notes say so. The training
   energy is the whole from-scratch run's, tracking included: an upper bound on what training-aware pruning adds.
 """
 
