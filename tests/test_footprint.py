@@ -267,3 +267,25 @@ def test_recovery_reports_training_beside_inference(tmp_path: Path, capsys: pyte
     rec = json.loads((tmp_path / "r" / "prunelab.json").read_text())["recovery"]
     assert rec["payback"]["status"] == "unknown" and "prunelab bench" in rec["payback"]["missing"]
     assert "unknown: inference energy not measured (--no-inference-energy)" in capsys.readouterr().out
+
+
+def test_recover_steps_reports_training_beside_inference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """structured's own --recover-steps LoRA run gets the same payback as --recover (the dense model measured
+    before pruning)."""
+    pytest.importorskip("peft")
+    from prunelab.cli import main
+
+    dense = tmp_path / "dense"
+    make_model("llama").save_pretrained(dense)
+    make_tokenizer().save_pretrained(dense)
+    text = tmp_path / "c.txt"
+    text.write_text(CORPUS)
+    args = ["-q", "prune", "--model", str(dense), "--method", "structured", "--sparsity", "0.5", "--target", "mlp",
+            "--importance", "magnitude", "--recover-steps", "2", "--calib", str(text), "--calib-samples", "2",
+            "--calib-seqlen", "16", "--ppl", str(text), "--seqlen", "16", "--max-windows", "2", "--energy", "estimate",
+            "--inference-gen-len", "8", "--inference-repeats", "2", "--json", str(tmp_path / "r.json")]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    rec = json.loads((tmp_path / "r.json").read_text())["recovery"]
+    _check_payback(rec["payback"], rec["energy"]["joules"])
+    assert "lora recovery energy [estimate-cpu-model" in out and "inference energy per 1k generated tokens" in out
