@@ -214,6 +214,8 @@ def _check_payback(pb: dict, training_joules: float) -> None:
         assert record["j_per_1k_tokens"] > 0 and record["is_estimate"] is True
         assert record["energy_source"] == "estimate-cpu-model" and record["method"]
         assert record["protocol"]["repeats"] >= 1 and record["carbon"]["year"] is not None
+        grams = record["j_per_1k_tokens"] / 3.6e6 * record["carbon"]["grid_intensity"]
+        assert record["g_co2eq_per_1k_tokens"] == pytest.approx(grams)
         assert len(record["j_per_1k_tokens_rounds"]) == record["protocol"]["rounds"] == 2
         assert record["j_rel_spread"] >= 0
     dense, pruned = pb["dense"]["j_per_1k_tokens"] / 1000, pb["pruned"]["j_per_1k_tokens"] / 1000

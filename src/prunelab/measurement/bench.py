@@ -297,9 +297,13 @@ def inference_energy(
 ) -> dict[str, Any]:
     """Energy per 1,000 generated tokens of `model` from a short `run_bench` (batch 1; `cfg` sets its length and
     repeats, `footprint` the energy source and grid, as for the training it is compared with). The record that
-    `measurement.footprint.payback` reads: joules and grams per 1k tokens (the bench's `joules_per_token`
-    definition: the prompt's measured prefill left out), the meter's labels, decode speed and its relative IQR
-    (the run-to-run spread the break-even is judged against), the protocol, the bench's notes.
+    `measurement.footprint.payback` reads: joules and grams per 1k generated tokens of a request (the bench's
+    `joules_per_request_token`: the whole request's joules, its short prompt's prefill included, over the generated
+    tokens), the meter's labels, decode speed and its relative IQR, the protocol, the bench's notes.
+
+    Why per request token and not the bench's `joules_per_token` (the prompt's separately measured prefill taken
+    off): on a decode this short the difference of two noisy readings often comes out negative; the request's
+    joules are one reading, always positive, and dense and pruned models run the same request shape.
 
     `inference_rounds` separate benches: `j_per_1k_tokens` is their median, `j_rel_spread` (max - min) / median.
     Adjacent runs inside one bench agree more closely than separate benches do (a busy machine, CPU frequency), so
@@ -309,10 +313,9 @@ def inference_energy(
     reports = [run_bench(model, bench_cfg, layers) for _ in range(cfg.inference_rounds)]
     report = reports[0]
     energy, lat = report["energy"], report["latency"]
-    rounds = [r["energy"].get("joules_per_token") for r in reports]
+    rounds = [r["energy"].get("joules_per_request_token") for r in reports]
     measured = [float(j) for j in rounds if j is not None]
     per_token = float(np.median(measured)) if measured and len(measured) == len(rounds) else None
-    grams = [r["carbon"].get("g_co2eq_per_1k_tokens") for r in reports]
     carbon = report["carbon"]
     decode = [r["latency"]["decode_tokens_per_s"] for r in reports]
     median = float(np.median([d["median"] for d in decode]))
@@ -320,7 +323,8 @@ def inference_energy(
         "j_per_1k_tokens": None if per_token is None else per_token * 1000,
         "j_per_1k_tokens_rounds": [None if j is None else j * 1000 for j in rounds],
         "j_rel_spread": (max(measured) - min(measured)) / per_token if per_token else None,
-        "g_co2eq_per_1k_tokens": None if None in grams else float(np.median(grams)),
+        "g_co2eq_per_1k_tokens": None if per_token is None else grams_co2eq(per_token * 1000, carbon["grid_intensity"]),
+        "definition": "joules per generated token of a batch-1 request (prompt prefill + decode) / generated tokens",
         "energy_source": energy["energy_source"],
         "method": energy.get("method", energy["energy_source"]),
         "is_estimate": energy["is_estimate"],
