@@ -2,13 +2,16 @@
 
 The hand-computed case fixes the estimate's inputs (CPU-seconds, wall seconds, resident memory), so a wrong formula
 (kWh conversion, grams, RAM share) gives another number. Training-aware and LoRA recovery are run for real on tiny
-models and must carry the bench's labels: energy method, estimate flag, carbon source, year and region.
+models and must carry the bench's labels: energy method, estimate flag, carbon source, year and region. Beside
+them, the inference energy of the models the training made and the break-even, whose formula is checked by hand and
+whose reported numbers must follow from the reported joules.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -19,9 +22,9 @@ from prunelab.config.bench import FootprintConfig
 from prunelab.config.prune import PruneConfig
 from prunelab.errors import PrunelabError
 from prunelab.measurement import energy
-from prunelab.measurement.footprint import footprint, metering
+from prunelab.measurement.footprint import break_even_tokens, footprint, metering, payback
 from prunelab.pruning.run import prune
-from tests.conftest import make_model
+from tests.conftest import CORPUS, make_model, make_tokenizer
 
 TX = 771.179 * 0.45359237  # eGRID2023 Texas, g/kWh
 
@@ -116,6 +119,175 @@ def test_train_aware_reports_the_training_footprint(tmp_path: Path, capsys: pyte
     assert c["g_co2eq"] == pytest.approx(e["joules"] / 3.6e6 * 27.0)
     assert (c["region"], c["year"]) == ("SE3", 2025)
     assert "training energy [estimate-cpu-model" in out and "ESTIMATE" in out and "SE3 27 gCO2eq/kWh" in out
+    # beside it: the trained model's and each level's inference energy, with the break-even per level
+    report = json.loads((tmp_path / "r.json").read_text())
+    dense = report["inference"]["dense"]
+    assert dense["j_per_1k_tokens"] > 0 and (dense["carbon"]["region"], dense["carbon"]["year"]) == ("SE3", 2025)
+    assert dense["protocol"]["prompt_tokens"] + dense["protocol"]["generated_tokens"] <= 16  # fits --seqlen 16
+    levels = [c for c in report["config"]["levels"] if c > 0]
+    assert [pb["compression"] for pb in training["payback"]] == levels
+    for pb in training["payback"]:
+        _check_payback(pb, e["joules"])
+        assert pb["dense"] == dense
+    measured = [r for r in report["levels"] if "inference" in r]
+    assert {r["method"] for r in measured} == {"trajectory"} and len(measured) == len(levels)
+    assert "inference energy per 1k generated tokens [estimate-cpu-model" in out and "SE3 27 gCO2eq/kWh" in out
+    assert "trajectory variant by compression" in out
+    verdicts = [line for line in out.splitlines() if re.search(r"training (repays after|never|unresolved)", line)]
+    assert len(verdicts) == len(levels)
+    # --no-inference-energy: the training figures stay, the break-even says why it is missing
+    assert main([*args, "--no-inference-energy"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["inference"]["dense"] is None and report["training"]["energy"]["joules"] > 0
+    paybacks = report["training"]["payback"]
+    assert all(pb["status"] == "unknown" and "--no-inference-energy" in pb["missing"] for pb in paybacks)
+    assert "training energy [" in out and "training break-even: inference energy not measured" in out
     # a bad region fails in one line before any training
     assert main([*args[:-2], "--region", "SE9"]) == 2
     assert "prunelab: error:" in capsys.readouterr().err
+
+
+def test_break_even_hand_computed() -> None:
+    # 3.6e6 J (1 kWh) of training, 0.5 J saved per token: 7.2 million tokens to repay it
+    assert break_even_tokens(3.6e6, 2.0, 1.5) == pytest.approx(7.2e6)
+    assert break_even_tokens(100.0, 0.3, 0.1) == pytest.approx(500.0)
+    assert break_even_tokens(0.0, 2.0, 1.5) == 0.0  # nothing to repay
+    assert break_even_tokens(3.6e6, 2.0, 2.0) is None  # not cheaper: never
+    assert break_even_tokens(3.6e6, 1.5, 2.0) is None  # dearer: never
+    for bad in ((-1.0, 2.0, 1.5), (1.0, math.nan, 1.0), (1.0, 2.0, -0.1), (math.inf, 2.0, 1.0)):
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            break_even_tokens(*bad)
+
+
+def _inference(j_per_1k: float | None, spread: float = 0.01, source: str = "estimate-cpu-model") -> dict:
+    protocol = {"prompt_tokens": 16, "generated_tokens": 32, "repeats": 3}
+    return {"j_per_1k_tokens": j_per_1k, "energy_source": source, "method": "user-cpu-watts", "is_estimate": True,
+            "decode_rel_iqr": spread, "protocol": protocol}  # fmt: skip
+
+
+TRAINING = {
+    "energy": {"joules": 3.6e6, "kwh": 1.0, "energy_source": "estimate-cpu-model", "method": "user-cpu-watts",
+               "is_estimate": True},
+    "carbon": {"g_co2eq": 27.0, "grid_intensity": 27.0, "country": "SWE", "region": "SE3", "source": "ENTSO-E",
+               "year": 2025},
+}  # fmt: skip
+
+
+def test_payback_puts_labelled_training_beside_inference() -> None:
+    pb = payback(TRAINING, _inference(2000.0), _inference(1500.0))
+    assert pb["status"] == "repays" and pb["break_even_tokens"] == pytest.approx(7.2e6)
+    assert pb["saving_j_per_1k_tokens"] == pytest.approx(500.0) and pb["saving_fraction"] == pytest.approx(0.25)
+    assert pb["within_noise"] is False and pb["notes"] == [] and pb["missing"] is None
+    t = pb["training"]
+    assert (t["joules"], t["kwh"], t["g_co2eq"]) == (3.6e6, 1.0, 27.0)
+    assert (t["method"], t["is_estimate"]) == ("user-cpu-watts", True)
+    assert (t["carbon"]["region"], t["carbon"]["year"], t["carbon"]["source"]) == ("SE3", 2025, "ENTSO-E")
+    assert pb["dense"]["j_per_1k_tokens"] == 2000.0 and "dense - pruned" in pb["definition"]
+    # a 0.5% saving inside a 2% spread of repeated measurements: unresolved, the point estimate kept
+    close = payback(TRAINING, _inference(2000.0, 0.02), _inference(1990.0, 0.02))
+    assert close["status"] == "unresolved" and close["within_noise"] is True and close["noise_fraction"] == 0.02
+    assert close["break_even_tokens"] == pytest.approx(3.6e6 / 0.01)
+    rounds = {**_inference(1500.0), "j_rel_spread": 0.3}  # rounds 30% apart: a 25% saving is not resolved either
+    assert payback(TRAINING, _inference(2000.0), rounds)["status"] == "unresolved"
+    never = payback(TRAINING, _inference(2000.0), _inference(2100.0))
+    assert never["status"] == "never" and never["break_even_tokens"] is None
+    assert never["saving_fraction"] == pytest.approx(-0.05)
+    mixed = payback(TRAINING, _inference(2000.0, source="rapl"), _inference(1500.0, source="rapl"))
+    assert mixed["status"] == "repays" and "different meters" in mixed["notes"][0]
+
+
+def test_payback_says_what_is_missing() -> None:
+    assert payback(TRAINING, None, None, missing="not asked")["missing"] == "not asked"
+    no_dense = payback(TRAINING, None, _inference(1500.0))
+    assert no_dense["status"] == "unknown" and "dense model's inference energy" in no_dense["missing"]
+    off = {"energy": {"joules": None, "energy_source": "off"}, "carbon": {"g_co2eq": None}}
+    assert "not metered" in payback(off, _inference(2.0), _inference(1.0))["missing"]
+    assert "<= 0" in payback(TRAINING, _inference(-1.0), _inference(1.0))["missing"]
+    assert payback(TRAINING, _inference(None), _inference(1.0))["break_even_tokens"] is None
+
+
+def _check_payback(pb: dict, training_joules: float) -> None:
+    """A measured payback: labels present, and its break-even follows from its own joules by the formula."""
+    assert pb["training"]["joules"] == pytest.approx(training_joules)
+    for record in (pb["dense"], pb["pruned"]):
+        assert record["j_per_1k_tokens"] > 0 and record["is_estimate"] is True
+        assert record["energy_source"] == "estimate-cpu-model" and record["method"]
+        assert record["protocol"]["repeats"] >= 1 and record["carbon"]["year"] is not None
+        grams = record["j_per_1k_tokens"] / 3.6e6 * record["carbon"]["grid_intensity"]
+        assert record["g_co2eq_per_1k_tokens"] == pytest.approx(grams)
+        assert len(record["j_per_1k_tokens_rounds"]) == record["protocol"]["rounds"] == 2
+        assert record["j_rel_spread"] >= 0
+    dense, pruned = pb["dense"]["j_per_1k_tokens"] / 1000, pb["pruned"]["j_per_1k_tokens"] / 1000
+    noise = max(pb["dense"]["j_rel_spread"], pb["pruned"]["j_rel_spread"], pb["dense"]["decode_rel_iqr"],
+                pb["pruned"]["decode_rel_iqr"])  # fmt: skip
+    assert pb["noise_fraction"] == pytest.approx(noise)
+    if dense > pruned:
+        assert pb["break_even_tokens"] == pytest.approx(training_joules / (dense - pruned))
+    else:
+        assert pb["break_even_tokens"] is None
+    expected = "unresolved" if abs(dense - pruned) / dense <= noise else ("repays" if dense > pruned else "never")
+    assert pb["status"] == expected
+
+
+def test_recovery_reports_training_beside_inference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`prune --recover` and `prunelab recover`: the recovery's energy, and beside it the dense and recovered
+    models' inference energy and the break-even, in the text output and in prunelab.json."""
+    from prunelab.cli import main
+
+    dense = tmp_path / "dense"
+    make_model("llama").save_pretrained(dense)
+    make_tokenizer().save_pretrained(dense)
+    text = tmp_path / "c.txt"
+    text.write_text(CORPUS)
+    energy = ["--energy", "estimate", "--country", "FRA", "--inference-gen-len", "8", "--inference-repeats", "2"]
+    args = ["-q", "prune", "--model", str(dense), "--method", "structured", "--sparsity", "0.5", "--target", "mlp",
+            "--calib", str(text), "--calib-samples", "2", "--calib-seqlen", "16", "--ppl", str(text), "--seqlen", "16",
+            "--max-windows", "2", "--recover", "distill",
+            "--recover-tokens", "32", "--recover-data", str(text), "--recover-seqlen", "16", "--recover-batch-size",
+            "2", "--output", str(tmp_path / "p"), *energy]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    rec = json.loads((tmp_path / "p" / "prunelab.json").read_text())["recovery"]
+    assert rec["energy"]["joules"] > 0 and rec["carbon"]["country"] == "FRA"
+    _check_payback(rec["payback"], rec["energy"]["joules"])
+    assert rec["payback"]["dense"]["protocol"]["generated_tokens"] == 8
+    assert "distill recovery energy [estimate-cpu-model" in out and "FRA 56.039 gCO2eq/kWh" in out
+    assert "inference energy per 1k generated tokens [estimate-cpu-model" in out and "recovered " in out
+    assert re.search(r"distill recovery energy \([0-9.e+-]+ J\) (repays after|never|unresolved)", out)
+
+    recover = ["-q", "recover", str(tmp_path / "p"), "--teacher", str(dense), "--tokens", "32", "--seqlen", "16",
+               "--batch-size", "2", "--data", str(text), "--out", str(tmp_path / "r"), *energy]  # fmt: skip
+    assert main(recover) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    rec = json.loads((tmp_path / "r" / "prunelab.json").read_text())["recovery"]
+    assert rec["energy"]["is_estimate"] is True  # `prunelab recover` meters its recovery too
+    _check_payback(rec["payback"], rec["energy"]["joules"])
+    assert "distill recovery energy [" in out and "inference energy per 1k generated tokens" in out
+
+    assert main([*recover, "--overwrite", "--no-inference-energy"]) == 0
+    rec = json.loads((tmp_path / "r" / "prunelab.json").read_text())["recovery"]
+    assert rec["payback"]["status"] == "unknown" and "prunelab bench" in rec["payback"]["missing"]
+    assert "unknown: inference energy not measured (--no-inference-energy)" in capsys.readouterr().out
+
+
+def test_recover_steps_reports_training_beside_inference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """structured's own --recover-steps LoRA run gets the same payback as --recover (the dense model measured
+    before pruning)."""
+    pytest.importorskip("peft")
+    from prunelab.cli import main
+
+    dense = tmp_path / "dense"
+    make_model("llama").save_pretrained(dense)
+    make_tokenizer().save_pretrained(dense)
+    text = tmp_path / "c.txt"
+    text.write_text(CORPUS)
+    args = ["-q", "prune", "--model", str(dense), "--method", "structured", "--sparsity", "0.5", "--target", "mlp",
+            "--importance", "magnitude", "--recover-steps", "2", "--calib", str(text), "--calib-samples", "2",
+            "--calib-seqlen", "16", "--ppl", str(text), "--seqlen", "16", "--max-windows", "2", "--energy", "estimate",
+            "--inference-gen-len", "8", "--inference-repeats", "2", "--json", str(tmp_path / "r.json")]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    rec = json.loads((tmp_path / "r.json").read_text())["recovery"]
+    _check_payback(rec["payback"], rec["energy"]["joules"])
+    assert "lora recovery energy [estimate-cpu-model" in out and "inference energy per 1k generated tokens" in out

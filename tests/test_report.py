@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from prunelab.report.build import build_report
 from prunelab.report.html import PLOT_IDS
 from prunelab.report.metrics import METRICS, metric
 from prunelab.report.pareto import Budget, dominates, pareto_front, select
-from prunelab.report.summary import markdown_summary
+from prunelab.report.summary import BREAK_EVEN, columns, markdown_summary
 
 
 @dataclass
@@ -256,3 +257,53 @@ def test_speed_panel_shades_the_dense_noise_band(monkeypatch) -> None:
     rows[0].details = {}
     plots.plot_costs(rows)
     assert not _band_artists(figures[-1].axes[1])
+
+
+def _trained_rows() -> list[P]:
+    est = {"energy": {"is_estimate": False, "energy_source": "rapl"}}
+    spans = [{"energy": {"is_estimate": False}}]
+    return [
+        P("dense", {"perplexity": 10.0, "energy_j_per_token": 2.0, "compact_size_mb": 100.0}, method="dense",
+          details=est),
+        # 1 kWh of training, 0.5 J/token saved: 7.2 million tokens
+        P("recovered", {"perplexity": 11.0, "energy_j_per_token": 1.5, "training_energy_j": 3.6e6,
+                        "training_g_co2eq": 475.0, "compact_size_mb": 60.0},
+          method="structured", details={**est, "training": spans}),
+        P("dearer", {"perplexity": 12.0, "energy_j_per_token": 2.1, "training_energy_j": 10.0, "compact_size_mb": 60.0},
+          method="structured", details={**est, "training": spans}),
+        P("untrained", {"perplexity": 13.0, "energy_j_per_token": 1.0, "compact_size_mb": 50.0}, details=est),
+    ]  # fmt: skip
+
+
+def test_break_even_column_beside_the_training_energy() -> None:
+    rows = _trained_rows()
+    cols = columns(rows)
+    keys = [c.key for c in cols]
+    assert keys.index("energy_j_per_token") < keys.index("training_energy_j") < keys.index(BREAK_EVEN)
+    assert keys.index(BREAK_EVEN) == keys.index("training_g_co2eq") + 1
+    col = cols[keys.index(BREAK_EVEN)]
+    shown = {r.label: col.show(r) for r in rows}
+    assert shown == {"dense": "-", "recovered": "7.2e+06", "dearer": "never", "untrained": "-"}
+    assert col.get(rows[1]) == pytest.approx(7.2e6) and col.get(rows[2]) == math.inf and col.get(rows[3]) is None
+    assert metric(BREAK_EVEN).higher_is_better is False and "training repaid after" in col.header
+    md = markdown_summary(rows, [], None)
+    assert "| recovered |" in md and "7.2e+06" in md and "never" in md
+    report = build_report(rows, {}, Budget(0.5), title="T")
+    if report.html is not None:
+        assert "training repaid after" in report.html and 'data-v="Infinity">never' in report.html
+    # an estimated training figure is labelled like every other energy figure
+    rows[1].details["training"] = [{"energy": {"is_estimate": True}}]
+    cols = columns(rows)
+    assert cols[[c.key for c in cols].index("training_energy_j")].show(rows[1]).endswith("(estimate)")
+
+
+def test_no_break_even_column_without_both_energies() -> None:
+    no_training = [P("dense", {"perplexity": 10.0, "energy_j_per_token": 2.0}, method="dense"),
+                   P("m", {"perplexity": 11.0, "energy_j_per_token": 1.9})]  # fmt: skip
+    assert BREAK_EVEN not in [c.key for c in columns(no_training)]
+    assert "training_energy_j" not in [c.key for c in columns(no_training)]
+    no_inference = [P("dense", {"perplexity": 10.0}, method="dense"),
+                    P("s", {"perplexity": 11.0, "training_energy_j": 5.0})]  # fmt: skip
+    keys = [c.key for c in columns(no_inference)]
+    assert "training_energy_j" in keys and BREAK_EVEN not in keys  # the training figure alone, no invented ratio
+    assert "training repaid" not in markdown_summary(no_inference, [], None)

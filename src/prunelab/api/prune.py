@@ -14,11 +14,13 @@ from prunelab.api.recover import (
     between_steps,
     check_method,
     check_output_or_resume,
+    inference_probe,
     load_teacher,
     recover_model,
+    recovery_payback,
     split_budget,
 )
-from prunelab.config.bench import FootprintConfig
+from prunelab.config.bench import FootprintConfig, InferenceEnergyConfig
 from prunelab.config.evaluation import EvalConfig
 from prunelab.config.models import ModelConfig
 from prunelab.config.prune import PruneConfig
@@ -43,10 +45,13 @@ def prune_job(
     recover: RecoverConfig | None = None,
     teacher: str | None = None,
     footprint: FootprintConfig | None = None,
+    inference: InferenceEnergyConfig | None = None,
 ) -> dict[str, Any]:
     """Load, evaluate (`ev`; None = no perplexity), prune, [recover (api/recover.py)], evaluate, save. Returns the
     JSON report. `teacher`: the dense model to distill from; default the input model as loaded, before pruning.
-    Training steps (structured's --recover-steps, --recover) report their energy and carbon as `footprint` says."""
+    Training steps (structured's --recover-steps, --recover) report their energy and carbon as `footprint` says;
+    with --recover, `recovery.payback` puts beside them the inference energy of the dense model (measured after
+    loading, before pruning) and of the recovered one, and the break-even (`inference` says how, api/recover.py)."""
     source = source or ModelConfig()
     pruner = make_pruner(cfg)  # validate method, pattern, sparsity and options before any heavy work
     if recover is not None:
@@ -69,6 +74,9 @@ def prune_job(
         check_seqlen(lm.model, ev.seqlen)
         if evaluate_before:
             before = ppl_values(evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size))
+    trains = recover is not None or bool(getattr(pruner.options, "recover_steps", 0))  # --recover-steps too
+    probe, missing = inference_probe(footprint, inference) if trains else (None, None)
+    dense_inference = probe(lm.model) if probe is not None else None  # the input model, before pruning
     dense = None
     if recover is not None and recover.mode == "distill":
         dense = load_teacher(teacher, source, lm) if teacher else copy.deepcopy(lm.model)
@@ -92,6 +100,10 @@ def prune_job(
                     r["tokens_trained"] for r in result.extra["iterative"]["between_steps"]
                 )
             del dense
+            recovery["payback"] = recovery_payback(recovery, dense_inference, probe, missing, lm.model)
+        steps_recovery = result.extra.get("recovery") if recover is None else None
+        if steps_recovery:  # structured's own --recover-steps LoRA run
+            steps_recovery["payback"] = recovery_payback(steps_recovery, dense_inference, probe, missing, lm.model)
     after = evaluate(lm.model, lm.tokenizer, ppl, ev.seqlen, ev.max_windows, ev.batch_size) if ev and ppl else {}
     report = prune_report(
         lm.source, cfg, result, pruner.needs_calibration, load_seconds, rss_before_prune, sparsity_report(lm.model)

@@ -6,6 +6,13 @@ would train the zeros back), the teacher's family and vocabulary (KL between dis
 sets is meaningless), the output. The output folder doubles as the checkpoint's home: a folder holding only
 `.recover-checkpoint/` is an interrupted run, resumed by rerunning the same command, and replaced atomically by
 the finished model.
+
+Beside the recovery's energy and carbon (metered as `FootprintConfig` says), `recovery.payback`: the inference
+energy per 1k generated tokens of the dense model (measured before pruning, or the teacher) and of the recovered
+one, and the break-even (`measurement.footprint.payback`). Measured by default with a short batch-1 decode
+(`InferenceEnergyConfig`): seconds against a recovery's minutes to hours, and the training figure cannot be
+judged without it. Not measured under data parallel (the other processes share the machine's meters) or with
+energy off; then `payback.missing` says so and points to `prunelab bench`.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +30,13 @@ from torch import nn
 
 from prunelab import data
 from prunelab.api._save import save_and_report
+from prunelab.config.bench import FootprintConfig, InferenceEnergyConfig
 from prunelab.config.models import ModelConfig
 from prunelab.config.recover import RecoverConfig
 from prunelab.errors import PrunelabError
-from prunelab.models import check_output, check_seqlen, load_model
+from prunelab.measurement.bench import inference_energy
+from prunelab.measurement.footprint import metering, payback
+from prunelab.models import check_output, check_seqlen, load_model, prunable_layers
 from prunelab.pruning import get_method
 from prunelab.pruning.structured.method import StepRecovery
 from prunelab.training.checkpoint import only_checkpoint
@@ -34,6 +44,44 @@ from prunelab.training.recover import note_kept, recover
 from prunelab.training.teacher_cache import check_k
 
 log = logging.getLogger(__name__)
+
+
+Probe = Callable[[nn.Module], dict[str, Any]]
+
+
+def _processes() -> int:
+    try:
+        from accelerate import PartialState
+    except ImportError:  # no accelerate: no data parallel either
+        return 1
+    return int(PartialState().num_processes)
+
+
+def inference_probe(footprint: Any, inference: InferenceEnergyConfig | None) -> tuple[Probe | None, str | None]:
+    """The short decode measured beside a recovery's footprint (model -> inference energy record), or why not.
+    `footprint`: a FootprintConfig or None (typed Any: a `section` model is made at run time)."""
+    footprint, inference = footprint or FootprintConfig(), inference or InferenceEnergyConfig()
+    bench = "`prunelab bench` on the dense model and on the output measures both"
+    if not inference.inference_energy:
+        return None, f"inference energy not measured (--no-inference-energy); {bench}"
+    if footprint.energy == "off":
+        return None, "energy is off (--energy off)"
+    if _processes() > 1:
+        return None, f"not measured under data parallel (the processes share the machine); {bench}"
+
+    def probe(model: nn.Module) -> dict[str, Any]:
+        return inference_energy(model, inference, footprint, prunable_layers(model))
+
+    return probe, None
+
+
+def recovery_payback(record: dict[str, Any], dense: dict[str, Any] | None, probe: Probe | None,
+                     missing: str | None, student: nn.Module) -> dict[str, Any]:  # fmt: skip
+    """`recovery.payback`: the recovery's footprint beside the dense and the recovered model's inference energy."""
+    if missing is None and dense is None:
+        missing = "no dense model to measure (mode lora: give --teacher DENSE to measure it, or `prunelab bench` it)"
+    recovered = probe(student) if probe is not None else None
+    return payback(record, dense, recovered, missing)
 
 
 def check_method(method: str) -> None:
@@ -149,9 +197,13 @@ def recover_job(
     json_path: str | None = None,
     device: str = "cpu",
     dtype: str = "auto",
+    footprint: Any = None,  # FootprintConfig | None
+    inference: InferenceEnergyConfig | None = None,
 ) -> dict[str, Any]:
     """Recover a folder pruned earlier; `teacher` (the dense model) is needed for mode distill. Returns the report,
-    also saved as the output's prunelab.json (the pruning record plus `recovery`)."""
+    also saved as the output's prunelab.json (the pruning record plus `recovery`, with its energy and carbon as
+    `footprint` says and `recovery.payback`, see the module docstring; with mode lora the dense model is measured
+    only when `teacher` is given)."""
     started = time.perf_counter()
     folder = Path(pruned)
     if not (folder / "config.json").is_file():
@@ -164,21 +216,27 @@ def recover_job(
     out = Path(output) if output else folder.with_name(folder.name + "-recovered")
     check_output_or_resume(out, overwrite)
     data.check_source(cfg.data)
+    spans = metering(footprint)  # energy/carbon settings checked before loading anything
+    probe, missing = inference_probe(footprint, inference)
     with kept_on_interrupt(out):
         student = load_model(str(folder), dtype=dtype, device=device)
         if student.tokenizer is None:
             raise PrunelabError(f"'{pruned}' has no tokenizer; recovery reads text")
-        t_model = None
-        if cfg.mode == "distill":
+        t_model, dense = None, None
+        if cfg.mode == "distill" or (teacher is not None and probe is not None):
             t = load_model(teacher, dtype=dtype, device=device)
             check_teacher(student.model, t.model, student.tokenizer, t.tokenizer)
-            if cfg.teacher_topk:
+            if cfg.mode == "distill" and cfg.teacher_topk:
                 check_k(cfg.teacher_topk, t.model)
-            t_model = t.model
+            dense = probe(t.model) if probe is not None else None  # before training moves the teacher
+            t_model = t.model if cfg.mode == "distill" else None
+            del t
         removed = meta.get("removed_layers") or None
-        record = recover_model(student.model, student.tokenizer, cfg, t_model, out, removed,
-                               {"student": str(folder.resolve()), "teacher": teacher})  # fmt: skip
+        with spans:
+            record = recover_model(student.model, student.tokenizer, cfg, t_model, out, removed,
+                                   {"student": str(folder.resolve()), "teacher": teacher})  # fmt: skip
         record["teacher"] = teacher
+        record["payback"] = recovery_payback(record, dense, probe, missing, student.model)
         report = {**meta, "recovery": record, "recovered_from": str(folder)}
         return save_and_report(report, student.model, student.tokenizer, out, overwrite, started, json_path,
                                trained=True)  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any, Literal, NoReturn, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from prunelab.config.bench import FOOTPRINT_FIELDS, FootprintConfig
+from prunelab.config.bench import FOOTPRINT_FIELDS, FootprintConfig, InferenceEnergyConfig
 from prunelab.config.models import ModelConfig
 from prunelab.errors import did_you_mean
 
@@ -127,3 +127,17 @@ def footprint_config(args: argparse.Namespace) -> Any:
     from prunelab.config.base import build
 
     return build(FootprintConfig, values(args, FOOTPRINT_FIELDS), "energy/carbon settings")
+
+
+def inference_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--[no-]inference-energy and the length of that short decode (InferenceEnergyConfig), beside `what`."""
+    group = p.add_argument_group(f"inference energy beside {what}: the break-even (full protocol: `prunelab bench`)")
+    for name in InferenceEnergyConfig.model_fields:
+        kwargs: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if name == "inference_energy" else {}
+        add_field(group, InferenceEnergyConfig, name, **kwargs)
+
+
+def inference_config(args: argparse.Namespace) -> Any:
+    from prunelab.config.base import build
+
+    return build(InferenceEnergyConfig, values(args, InferenceEnergyConfig.model_fields), "inference energy settings")

@@ -6,8 +6,17 @@ import argparse
 import json
 from typing import Any
 
-from prunelab.cli._base import add_field, footprint_args, footprint_config, model_args, model_config, values
-from prunelab.cli.recover import print_recovery, recover_args, recover_config
+from prunelab.cli._base import (
+    add_field,
+    footprint_args,
+    footprint_config,
+    inference_args,
+    inference_config,
+    model_args,
+    model_config,
+    values,
+)
+from prunelab.cli.recover import print_recovery, print_recovery_footprint, recover_args, recover_config
 from prunelab.config.base import build
 from prunelab.config.evaluation import PRUNE_EVAL_WINDOWS, EvalConfig
 from prunelab.config.methods import StructuredOptions
@@ -76,6 +85,7 @@ def register(sub: Any) -> None:
     add_field(p, EvalConfig, "max_windows", default=PRUNE_EVAL_WINDOWS)
     recover_args(p)
     footprint_args(p, "a training step of the method (--recover-steps)")
+    inference_args(p, "the --recover footprint")
     p.set_defaults(run=run)
 
 
@@ -143,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         ev = build(EvalConfig, ev_fields, "evaluation settings") if ppl else None
         with kept_on_interrupt(args.output if recovery is not None else None):  # a resumable checkpoint stays
             report = api.prune_job(cfg, source, ev, args.output, args.overwrite, not args.no_eval_before,
-                                   args.json_path, recovery, args.teacher, footprint_config(args))  # fmt: skip
+                                   args.json_path, recovery, args.teacher, footprint_config(args),
+                                   inference_config(args))  # fmt: skip
     print_prune(report)
     return 0
 
@@ -177,8 +188,6 @@ def print_prune(report: dict[str, Any]) -> None:
         change = f"{b:.3f} -> {value:.3f} ({(value / b - 1) * 100:+.1f}%)" if b else f"{value:.3f}"
         print(f"perplexity [{source}]: {change}")
     if report.get("recovery"):
-        from prunelab.cli.train_aware import print_footprint
-
-        print_footprint("LoRA recovery", report["recovery"])
+        print_recovery_footprint(report["recovery"])
     if report.get("output"):
         print(f"saved to {report['output']}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prunelab.cli._base import add_field
+from prunelab.cli._base import add_field, footprint_args, footprint_config, inference_args, inference_config
 from prunelab.config.base import build
 from prunelab.config.models import ModelConfig
 from prunelab.config.recover import RecoverConfig
@@ -18,7 +18,10 @@ Distillation (mode distill) trains the student to match the dense teacher's toke
 temperature T, x T^2); mode lora is plain next-token loss with LoRA adapters. LoRA adapters are merged back, so
 the output loads with plain transformers. Checkpoints go to OUT/.recover-checkpoint every --checkpoint-every
 steps; rerunning the same command resumes there (a kill loses at most that many steps). The output is written
-atomically and its prunelab.json records the recovery (data, tokens, steps, losses, seconds, tokens/s).
+atomically and its prunelab.json records the recovery (data, tokens, steps, losses, seconds, tokens/s), its
+energy and carbon, and beside them the inference energy per 1k generated tokens of the dense model (the teacher)
+and of the recovered one, with the tokens after which the recovery's energy is repaid (--no-inference-energy
+skips that short decode).
 --teacher-topk K runs the teacher once per window and caches its top-K log-probs in OUT/.recover-checkpoint
 (kept by a kill, removed when the run finishes; `recovery.teacher_cache` records its build seconds and bytes);
 it pays when windows are seen more than once (budget above the data, or a resume).
@@ -38,6 +41,8 @@ def register(sub: Any) -> None:
     for name in FIELDS:
         required: dict[str, Any] = {"default": None, "required": True} if name == "tokens" else {}
         add_field(p, RecoverConfig, name, **required)
+    footprint_args(p, "the recovery")
+    inference_args(p, "the recovery's footprint")
     p.set_defaults(run=run)
 
 
@@ -73,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     from prunelab import api
 
     cfg = build(RecoverConfig, {k: getattr(args, k) for k in FIELDS}, "recovery settings")
-    report = api.recover_job(cfg, args.pruned, args.teacher, args.out, args.overwrite, args.json_path, args.device)
+    report = api.recover_job(cfg, args.pruned, args.teacher, args.out, args.overwrite, args.json_path, args.device,
+                             footprint=footprint_config(args), inference=inference_config(args))  # fmt: skip
     print_recovery(report["recovery"])
+    print_recovery_footprint(report["recovery"])
     print(f"saved to {report['output']}")
     return 0
 
@@ -84,3 +91,11 @@ def print_recovery(r: dict[str, Any]) -> None:
         f"recovery {r['mode']} ({r['adapter']}): {r['tokens_trained']:,} tokens in {r['steps']} steps, loss "
         f"{r['loss_first']:.4f} -> {r['loss_last']:.4f}, {r['seconds']:.1f} s, {r['tokens_per_second']:,.0f} tokens/s"
     )
+
+
+def print_recovery_footprint(r: dict[str, Any]) -> None:
+    """The recovery's energy and carbon, and beside them the inference energy and the break-even."""
+    from prunelab.cli.train_aware import print_footprint, print_payback
+
+    print_footprint(f"{r['mode']} recovery", r)
+    print_payback(f"{r['mode']} recovery", "recovered", r.get("payback"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prunelab.cli._base import add_field, footprint_args, footprint_config
+from prunelab.cli._base import add_field, footprint_args, footprint_config, inference_args, inference_config
 from prunelab.config.train_aware import COMPARED, PRESETS, TrainAwareConfig
 
 OVERRIDES = ["epochs", "steps_per_epoch", "batch_size", "seqlen", "last_k", "eval_windows", "train_chars", "seed",
@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
         add_field(p, TrainAwareConfig, name, default=None, help=f"{info.description or name.replace('_', ' ')}: "
                   f"{suffix}")  # fmt: skip
     footprint_args(p, "the training run")
+    inference_args(p, "the training's footprint")
     p.set_defaults(run=run)
 
 
@@ -32,9 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from prunelab import api
 
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
-    report = api.train_aware_job(
-        args.preset, overrides, json_path=args.json_path, plot_path=args.plot, footprint=footprint_config(args)
-    )
+    report = api.train_aware_job(args.preset, overrides, json_path=args.json_path, plot_path=args.plot,
+                                 footprint=footprint_config(args), inference=inference_config(args))  # fmt: skip
     labels = list(COMPARED)
     print(
         f"{report['model']['params']:,} parameters, trained {report['training']['seconds']:.0f} s; "
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     for r in report["threshold_sweep"]:
         print(f"PruneRate {r['prune_rate']:<5g} -> sparsity {r['achieved_sparsity']:.3f}, val loss {r['val_loss']:.4f}")
     print_footprint("training", report["training"])
+    print_levels_payback(report)
     print(
         f"wall time {report['wall_seconds']:.0f} s"
         + (f"; json {args.json_path}" if args.json_path else "")
@@ -69,3 +70,74 @@ def print_footprint(what: str, section: dict[str, Any]) -> None:
         f"gCO2eq/kWh, {carbon.get('source') or '?'}; year {carbon.get('year') or 'unknown'}]: "
         f"{carbon['g_co2eq']:.4g} g CO2eq"
     )
+
+
+def _energy_label(record: dict[str, Any]) -> str:
+    label = "ESTIMATE" if record.get("is_estimate") else "measured"
+    return f"{record.get('energy_source')}, {record.get('method') or '?'}, {label}"
+
+
+def _inference_label(record: dict[str, Any]) -> str:
+    p, c = record["protocol"], record.get("carbon") or {}
+    where = c.get("region") or c.get("country") or "user"
+    return (f"{_energy_label(record)}; batch 1, {p['prompt_tokens']}-token prompt + {p['generated_tokens']} "
+            f"generated, {p['repeats']} repeats; carbon {where} {c.get('grid_intensity'):g} gCO2eq/kWh, year "
+            f"{c.get('year') or 'unknown'}")  # fmt: skip
+
+
+def _j(record: dict[str, Any] | None) -> str:
+    if not record or record.get("j_per_1k_tokens") is None:
+        return "-"
+    g = record.get("g_co2eq_per_1k_tokens")
+    return f"{record['j_per_1k_tokens']:.4g} J" + (f" ({g:.3g} g CO2eq)" if g is not None else "")
+
+
+def payback_verdict(pb: dict[str, Any]) -> str:
+    """The verdict: 'repays after N tokens', 'never' or 'unknown: why', with the noise caveat."""
+    if pb["status"] == "unknown":
+        return f"unknown: {pb['missing']}"
+    tokens, saved = pb["break_even_tokens"], pb["saving_fraction"]
+    estimate = "never" if tokens is None else f"repays after {tokens:.3g} generated tokens"
+    if pb["status"] == "unresolved":
+        spread = pb["noise_fraction"]
+        return (f"unresolved: per-token difference {-saved:+.1%} vs dense is within the +/-{spread:.0%} spread of "
+                f"repeated measurements (point estimate: {estimate}; `prunelab bench` measures longer)")  # fmt: skip
+    if tokens is None:
+        return f"never: not cheaper per token ({-saved:+.1%} vs dense)"
+    return f"{estimate} ({saved:.1%} saved per token)"
+
+
+def print_payback(what: str, pruned_name: str, pb: dict[str, Any] | None) -> None:
+    """The inference energy per 1k generated tokens of the dense and the trained model, and the break-even."""
+    if not pb:
+        return
+    shown = pb.get("dense") or pb.get("pruned")
+    if shown:
+        print(f"inference energy per 1k generated tokens [{_inference_label(shown)}]: dense {_j(pb.get('dense'))}, "
+              f"{pruned_name} {_j(pb.get('pruned'))}")  # fmt: skip
+    print(f"{what} energy {_verdict_prefix(pb)}{payback_verdict(pb)}")
+    for note in pb.get("notes") or []:
+        print(f"  note: {note}")
+
+
+def _verdict_prefix(pb: dict[str, Any]) -> str:
+    joules = pb["training"].get("joules")
+    return f"({joules:.4g} J) " if joules is not None else ""
+
+
+def print_levels_payback(report: dict[str, Any]) -> None:
+    """train-aware: the trained dense model's inference energy and, per level, the pruned one's and the break-even."""
+    inference, paybacks = report.get("inference") or {}, report["training"].get("payback") or []
+    dense = inference.get("dense")
+    if not paybacks:
+        return
+    if dense is None:
+        print(f"training break-even: {inference.get('missing') or paybacks[0]['missing']}")
+        return
+    print(f"inference energy per 1k generated tokens [{_inference_label(dense)}]: dense {_j(dense)}; "
+          f"{inference['measured_variant']} variant by compression, and when the training energy is "
+          "repaid:")  # fmt: skip
+    for pb in paybacks:
+        print(f"{pb['compression']:11.0%}  {_j(pb.get('pruned')):>26s}  training {payback_verdict(pb)}")
+    for note in paybacks[0].get("notes") or []:
+        print(f"  note: {note}")

@@ -65,3 +65,33 @@ FootprintConfig = section(
     BenchConfig,
     {k: k for k in FOOTPRINT_FIELDS},
 )
+
+
+class InferenceEnergyConfig(StrictModel):
+    """The short decode measured beside a training footprint (`prunelab train-aware`, recovery): the inference
+    energy per generated token of the model the training produced and of the dense one, so the training's joules
+    can be weighed against what each token saves. On by default: a training figure alone cannot be judged, and the
+    decode is short (batch 1, a few repeats: seconds on a CPU for a small model, against minutes to hours of
+    training); `prunelab bench` is the full protocol (longer prompts, batches, more repeats)."""
+
+    inference_energy: bool = Field(
+        True, description="measure a short decode of the dense and the trained model for the break-even"
+    )
+    inference_prompt_len: int = Field(16, ge=1, description="prompt tokens of that decode")
+    inference_gen_len: int = Field(32, ge=2, description="generated tokens per run of that decode")
+    inference_repeats: int = Field(3, ge=1, description="timed runs of that decode (after one warmup)")
+    inference_rounds: int = Field(
+        2, ge=1, description="separate measurements of each model; their spread is the noise the break-even is "
+        "judged against"
+    )  # fmt: skip
+
+    def bench_config(self, footprint: StrictModel | None, context: int | None = None) -> BenchConfig:
+        """The BenchConfig of that decode with `footprint`'s energy/carbon settings; prompt + generated tokens are
+        shortened to fit `context` positions (a model trained at a short seqlen)."""
+        prompt, gen = self.inference_prompt_len, self.inference_gen_len
+        if context is not None and prompt + gen > context:
+            prompt = max(1, min(prompt, context // 4))
+            gen = max(2, min(gen, context - prompt))
+        settings = {k: getattr(footprint, k) for k in FOOTPRINT_FIELDS} if footprint is not None else {}
+        return BenchConfig(prompt_lens=[prompt], gen_len=gen, batches=[1], repeats=self.inference_repeats, warmup=1,
+                           size=False, **settings)  # fmt: skip

@@ -18,6 +18,14 @@ Decisions, and why:
 - Shakespeare: training text = the calibration plays, validation = the held-out plays (`prunelab.data`). A file
   corpus whose two splits are the same text is cut 90% / 10%.
 - Validation loss = mean next-token NLL over non-overlapping windows (`prunelab.evaluation.perplexity`).
+- The training's footprint beside inference: when the caller passes an `inference` probe (the api passes
+  `measurement.bench.inference_energy`, a short batch-1 decode), the trained dense model and, at each level, the
+  `trajectory` variant are measured, and `training.payback` gives per level the break-even of
+  `measurement.footprint.payback`. One variant per level: the masks run through dense kernels, so at one level every
+  variant has the same shapes and the same count of zeros and costs the same per token; expect "unresolved" (a
+  difference within the spread of repeated measurements) or "never", the honest answer for unstructured sparsity
+  on dense kernels, and the payback notes say so. The training
+  energy is the whole from-scratch run's, tracking included: an upper bound on what training-aware pruning adds.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +57,7 @@ from prunelab.config.prune import PruneConfig
 from prunelab.config.train_aware import COMPARED, LEVELS, PRESETS, PRUNE_RATES, TrainAwareConfig, make_config
 from prunelab.errors import PrunelabError
 from prunelab.evaluation.perplexity import perplexity
+from prunelab.measurement.footprint import payback
 from prunelab.models import prunable_layers, weight_2d
 from prunelab.pruning.run import prune
 from prunelab.training.callbacks import TrajectoryCallback
@@ -57,6 +67,11 @@ __all__ = ["COMPARED", "LEVELS", "PRESETS", "PRUNE_RATES", "CharTokenizer", "Tra
            "plot", "prune_levels", "run"]  # fmt: skip
 
 log = logging.getLogger(__name__)
+
+# model -> its inference energy record (`measurement.bench.inference_energy`), supplied by the caller
+InferenceProbe = Callable[[nn.Module], dict[str, Any]]
+MEASURED_VARIANT = "trajectory"  # the variant whose inference energy is measured at each level (see the docstring)
+NOT_MEASURED = "inference energy not measured (--no-inference-energy or --energy off)"
 
 
 @dataclass
@@ -177,10 +192,11 @@ def _compact(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def prune_levels(
-    model: nn.Module, cfg: TrainAwareConfig, val: torch.Tensor
+    model: nn.Module, cfg: TrainAwareConfig, val: torch.Tensor, inference: InferenceProbe | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Prune a copy of the trained weights at each level with each compared variant (through the one prune
-    path, `prunelab.pruning.run.prune`); then the threshold-mode sweep of PruneRates."""
+    path, `prunelab.pruning.run.prune`); then the threshold-mode sweep of PruneRates. With `inference`, the
+    MEASURED_VARIANT row of each level > 0 gets `inference` (its energy per 1k generated tokens)."""
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     levels: list[dict[str, Any]] = []
     runs = [(c, label) for c in cfg.levels for label in COMPARED]
@@ -191,6 +207,8 @@ def prune_levels(
         if compression > 0:
             result = prune(model, PruneConfig(method=method, sparsity=compression, options=options))
             row.update(achieved_sparsity=result.achieved_sparsity, result=_compact(result.to_dict()))
+            if inference is not None and label == MEASURED_VARIANT:
+                row["inference"] = inference(model)
         else:  # dense reference: the final weights, or the averaged clone for trajectory-avg
             if options.get("weights") == "average":
                 _load_average(model)
@@ -234,9 +252,14 @@ def training_bytes(cfg: TrainAwareConfig) -> int:
 
 
 def run(
-    cfg: TrainAwareConfig, preset: str, json_path: str | None = None, plot_path: str | None = None
+    cfg: TrainAwareConfig,
+    preset: str,
+    json_path: str | None = None,
+    plot_path: str | None = None,
+    inference: InferenceProbe | None = None,
 ) -> dict[str, Any]:
-    """Train, track, prune at every level with every method, evaluate; write the JSON (and the plot)."""
+    """Train, track, prune at every level with every method, evaluate; write the JSON (and the plot). With
+    `inference`, the inference energy of the dense and pruned models and the training's break-even too."""
     check_writable(json_path, what="--json")
     check_writable(plot_path, what="--plot")
     check_memory(training_bytes(cfg), f"training (batch {cfg.batch_size} x seqlen {cfg.seqlen})")
@@ -244,12 +267,14 @@ def run(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, preset, json_path, plot_path)
+        return _run(cfg, preset, json_path, plot_path, inference)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: TrainAwareConfig, preset: str, json_path: str | None, plot_path: str | None) -> dict[str, Any]:
+def _run(
+    cfg: TrainAwareConfig, preset: str, json_path: str | None, plot_path: str | None, inference: InferenceProbe | None
+) -> dict[str, Any]:
     started = time.perf_counter()
     train_text, val_text = load_corpus(cfg.corpus, cfg.train_chars)
     tokenizer = CharTokenizer.fit(train_text)
@@ -266,7 +291,14 @@ def _run(cfg: TrainAwareConfig, preset: str, json_path: str | None, plot_path: s
         curve = train(model, cfg, ids, epoch_val, TrajectoryCallback(tracker))
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    levels, threshold = prune_levels(model, cfg, val)
+    dense_inference = inference(model) if inference is not None else None  # the final weights, as trained
+    levels, threshold = prune_levels(model, cfg, val, inference)
+    missing = None if inference is not None else NOT_MEASURED
+    paybacks = [
+        {"compression": r["compression"], **payback(footprint, dense_inference, r.get("inference"), missing)}
+        for r in levels
+        if r["method"] == MEASURED_VARIANT and r["compression"] > 0
+    ]
     report: dict[str, Any] = {
         "preset": preset,
         "config": cfg.model_dump(),
@@ -281,6 +313,15 @@ def _run(cfg: TrainAwareConfig, preset: str, json_path: str | None, plot_path: s
             # energy and carbon of the training loop itself (the per-epoch validation included), labelled like
             # bench's; absent when nobody meters (the api always does)
             **({"energy": footprint["energy"], "carbon": footprint["carbon"]} if footprint else {}),
+            # beside it: break-even per level against the inference energy below (measurement.footprint.payback)
+            "payback": paybacks,
+        },
+        "inference": {
+            "dense": dense_inference,
+            "measured_variant": MEASURED_VARIANT,
+            "why_one_variant": "masks run through dense kernels: at one level every variant has the same shapes "
+            "and count of zeros, so the same cost per token",
+            "missing": missing,
         },
         "tracker": {
             "last_k": tracker.last_k,

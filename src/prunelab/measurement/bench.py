@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 from torch import nn
 
 from prunelab._util import check_memory, environment
-from prunelab.config.bench import BenchConfig
+from prunelab.config.bench import BenchConfig, InferenceEnergyConfig
 from prunelab.measurement.carbon import GridIntensity, grams_co2eq, grid_intensity
 from prunelab.measurement.energy import EnergyReading, select_meter
 from prunelab.measurement.footprint import intensity_fields
@@ -34,6 +35,7 @@ __all__ = [
     "carbon_report",
     "energy_report",
     "hardware",
+    "inference_energy",
     "latency_report",
     "run_bench",
 ]
@@ -278,4 +280,67 @@ def _run_bench(
         "hardware": hardware(model, device, threads),
         "notes": notes,
         "config": cfg.model_dump(),
+    }
+
+
+def _context(model: nn.Module) -> int | None:
+    c = model.config
+    n = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+    return int(n) if n else None
+
+
+def inference_energy(
+    model: nn.Module,
+    cfg: InferenceEnergyConfig | None = None,
+    footprint: Any = None,
+    layers: dict[str, nn.Module] | None = None,
+) -> dict[str, Any]:
+    """Energy per 1,000 generated tokens of `model` from a short `run_bench` (batch 1; `cfg` sets its length and
+    repeats, `footprint` the energy source and grid, as for the training it is compared with). The record that
+    `measurement.footprint.payback` reads: joules and grams per 1k generated tokens of a request (the bench's
+    `joules_per_request_token`: the whole request's joules, its short prompt's prefill included, over the generated
+    tokens), the meter's labels, decode speed and its relative IQR, the protocol, the bench's notes.
+
+    Why per request token and not the bench's `joules_per_token` (the prompt's separately measured prefill taken
+    off): on a decode this short the difference of two noisy readings often comes out negative; the request's
+    joules are one reading, always positive, and dense and pruned models run the same request shape.
+
+    `inference_rounds` separate benches: `j_per_1k_tokens` is their median, `j_rel_spread` (max - min) / median.
+    Adjacent runs inside one bench agree more closely than separate benches do (a busy machine, CPU frequency), so
+    the spread between rounds is the honest noise floor of a comparison between two models."""
+    cfg = cfg or InferenceEnergyConfig()
+    bench_cfg = cfg.bench_config(footprint, _context(model))
+    reports = [run_bench(model, bench_cfg, layers) for _ in range(cfg.inference_rounds)]
+    report = reports[0]
+    energy, lat = report["energy"], report["latency"]
+    rounds = [r["energy"].get("joules_per_request_token") for r in reports]
+    measured = [float(j) for j in rounds if j is not None]
+    per_token = float(np.median(measured)) if measured and len(measured) == len(rounds) else None
+    carbon = report["carbon"]
+    decode = [r["latency"]["decode_tokens_per_s"] for r in reports]
+    median = float(np.median([d["median"] for d in decode]))
+    return {
+        "j_per_1k_tokens": None if per_token is None else per_token * 1000,
+        "j_per_1k_tokens_rounds": [None if j is None else j * 1000 for j in rounds],
+        "j_rel_spread": (max(measured) - min(measured)) / per_token if per_token else None,
+        "g_co2eq_per_1k_tokens": None if per_token is None else grams_co2eq(per_token * 1000, carbon["grid_intensity"]),
+        "definition": "joules per generated token of a batch-1 request (prompt prefill + decode) / generated tokens",
+        "energy_source": energy["energy_source"],
+        "method": energy.get("method", energy["energy_source"]),
+        "is_estimate": energy["is_estimate"],
+        "scope": energy.get("scope"),
+        "decode_tokens_per_s": median,
+        "decode_rel_iqr": max(d["iqr"] / d["median"] for d in decode) if all(d["median"] for d in decode) else None,
+        "carbon": {k: carbon.get(k) for k in ("grid_intensity", "country", "region", "source", "year")},
+        "protocol": {
+            "batch": 1,
+            "prompt_tokens": bench_cfg.prompt_lens[0],
+            "generated_tokens": bench_cfg.gen_len,
+            "warmup": bench_cfg.warmup,
+            "repeats": bench_cfg.repeats,
+            "rounds": cfg.inference_rounds,
+            "threads": lat["protocol"]["threads"],
+            "device": report["hardware"]["device"],
+        },
+        "notes": report["notes"],
     }

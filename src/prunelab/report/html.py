@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +75,7 @@ def _table(rows: Sequence[Row], frontier: Sequence[Row], selection: Selection | 
         for c in cols:
             raw = c.get(r)
             text = _e(c.show(r)).replace("(estimate)", '<span class="est">estimate</span>')
+            raw = "Infinity" if raw == math.inf else raw  # "never" (break-even) sorts last, as JS reads it
             cells.append(f'<td data-v="{_e("" if raw is None else raw)}">{text}</td>')
         front = "recommended" if "rec" in classes else ("frontier" if id(r) in on_front else "")
         cells.append(f'<td data-v="{_e(front)}">{_e(front)}</td>')

@@ -48,6 +48,10 @@ _ALL = [
     # one-time costs of making the point: the training inside its prune (structured recover_steps, recovery)
     Metric("training_energy_j", "energy of the point's training", "J", False, "cost", fmt=".4g"),
     Metric("training_g_co2eq", "carbon of the point's training", "gCO2eq", False, "cost", fmt=".4g"),
+    # derived by the report, never stored: training_energy_j / (dense's - the point's energy_j_per_token), the
+    # generated tokens after which the point's training is repaid (measurement.footprint.break_even_tokens);
+    # "never" when the point is not cheaper per token. Lower is better, but it is not optimised (info).
+    Metric("training_break_even_tokens", "training repaid after", "generated tokens", False, "info", fmt=".3g"),
     Metric("achieved_sparsity", "achieved sparsity", "", False, "info", fmt=".4f"),
     Metric("prune_seconds", "pruning time", "s", False, "info", fmt=".1f"),
 ]
