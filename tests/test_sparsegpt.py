@@ -72,10 +72,10 @@ def test_vectorised_equals_reference_loop(pattern: Pattern) -> None:
     assert torch.allclose(ours, ref, atol=1e-9)
 
 
-@pytest.mark.parametrize("pattern", [UNSTRUCTURED, Pattern(2, 4), Pattern(4, 8)])
+@pytest.mark.parametrize("pattern", [UNSTRUCTURED, Pattern(2, 4), Pattern(4, 8), Pattern(8, 16)])
 def test_float32_default_blocks_equal_reference_loop(pattern: Pattern) -> None:
-    """At the engine's settings (float32, blocks of 128, a partial last block, a dead input), the recursive
-    solve keeps the reference loop's masks and its weights to float32 rounding."""
+    """At the engine's settings (float32, blocks of 128, a partial last block, for 8:16 a partial last group, a
+    dead input), the recursive solve keeps the reference loop's masks and its weights to float32 rounding."""
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(40, 296, generator=gen)
     x = correlated_inputs(1200, 296, seed=1)

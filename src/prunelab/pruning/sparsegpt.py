@@ -5,12 +5,12 @@ Faithful to the reference algorithm: dampening of 1% of the mean diagonal (raise
 line, when the Cholesky factorisation fails), blocks of 128 columns, the unstructured mask chosen per block from
 the weights as updated so far ("adaptive mask selection"), and an N:M mask chosen per group of M columns.
 
-Vectorised over rows, the recurrence of the reference code in another order: each 128-column block is worked on
-transposed (a column is one contiguous row) and split in halves recursively; the left half's errors reach the
-right half in one matrix product, and only the leaves of 8 columns (M when N:M, whose masks depend on the
-updated weights) go column by column with rank-1 updates. U comes from one Cholesky factorisation and a
-triangular inverse by halves (matrix products). Same numbers as the column loop up to float rounding (checked
-in the tests against a transcription of the published loop); no per-row matrices, no batched triangular solves.
+Vectorised over rows, the recurrence of the reference code in another order: the weight is worked on
+transposed (a column is one contiguous row) and each 128-column block is split in halves recursively; the left
+half's errors reach the right half in one matrix product, and only the leaves of 8 columns (M when N:M, whose
+masks depend on the updated weights) go column by column with rank-1 updates. U comes from one Cholesky
+factorisation and a triangular inverse by halves (matrix products). Same numbers as the column loop up to float
+rounding (checked in the tests against a transcription of the published loop); no per-row matrices.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ LEAF = 8
 
 def _obs(wt: torch.Tensor, et: torch.Tensor, mask: torch.Tensor, u: torch.Tensor, pattern: Pattern,
          a: int, b: int) -> None:  # fmt: skip
-    """The OBS recurrence over columns a:b of one block, all rows at once, on the transposed block.
+    """The OBS recurrence over columns a:b of one block, all rows at once, on the transposed weight.
 
     wt[j] is column j of the weight (contiguous), already updated by the errors of every column left of a;
     et[j] receives column j's errors and mask[j] its mask (chosen here per group of M columns when N:M).
@@ -84,7 +84,7 @@ def _obs(wt: torch.Tensor, et: torch.Tensor, mask: torch.Tensor, u: torch.Tensor
     """
     step = pattern.m if pattern.is_nm else 1
     if b - a > max(LEAF, step):
-        mid = a + (b - a) // 2 // step * step
+        mid = a + max(step, (b - a) // 2 // step * step)
         _obs(wt, et, mask, u, pattern, a, mid)
         wt[mid:b].addmm_(u[a:mid, mid:b].t(), et[a:mid], alpha=-1)
         _obs(wt, et, mask, u, pattern, mid, b)
@@ -124,28 +124,26 @@ def sparsegpt_prune(
     rows, cols = weight.shape
     u, damp, dead = factors if factors is not None else factor_hessian(hessian, options)
     weight[:, dead] = 0.0
-    mask = torch.zeros_like(weight, dtype=torch.bool)
+    wt = weight.t().contiguous()  # (in, out): a column of the weight is one contiguous row
+    et = torch.empty_like(wt)  # the OBS errors, same layout
+    mask = torch.empty_like(wt, dtype=torch.bool)
     bs = options.blocksize
     if pattern.is_nm and bs % pattern.m:
         bs = max(pattern.m, bs - bs % pattern.m)
     for i1 in range(0, cols, bs):
         i2 = min(i1 + bs, cols)
         u1 = u[i1:i2, i1:i2]
-        wt = weight[:, i1:i2].t().contiguous()  # (block columns, rows): a column is one contiguous row
-        et = torch.empty_like(wt)
-        if pattern.is_nm:
-            mask1 = torch.empty_like(wt, dtype=torch.bool)
-        else:
+        if not pattern.is_nm:
             # Cumulative rounding: the per-block counts add up to exactly round(s * rows * cols).
             k = count_to_prune(rows * i2, sparsity) - count_to_prune(rows * i1, sparsity)
-            scores = wt.square() / torch.diagonal(u1).square().unsqueeze(1)
-            mask1 = lowest(scores.t().reshape(-1), k).view(rows, i2 - i1).t().contiguous()
-        _obs(wt, et, mask1, u1, pattern, 0, i2 - i1)
-        wt.masked_fill_(mask1, 0.0)
-        weight[:, i1:i2] = wt.t()
+            scores = wt[i1:i2].square() / torch.diagonal(u1).square().unsqueeze(1)
+            mask[i1:i2] = lowest(scores.t().reshape(-1), k).view(rows, i2 - i1).t()
+        _obs(wt[i1:i2], et[i1:i2], mask[i1:i2], u1, pattern, 0, i2 - i1)
         if i2 < cols:
-            weight[:, i2:].addmm_(et.t(), u[i1:i2, i2:], alpha=-1)
-        mask[:, i1:i2] = mask1.t()
+            wt[i2:].addmm_(u[i1:i2, i2:].t(), et[i1:i2], alpha=-1)
+    wt.masked_fill_(mask, 0.0)
+    weight.copy_(wt.t())
+    mask = mask.t().contiguous()
     return mask, damp
 
 
