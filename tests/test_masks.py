@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -97,3 +99,17 @@ def test_magnitude_compares_within_layer() -> None:
     w = torch.tensor([[1.0, 2.0, 3.0, 4.0], [100.0, 200.0, 300.0, 400.0]])
     mask = Magnitude(PruneConfig(method="magnitude", sparsity=0.5)).prune_weight("layer", w.clone(), None, 0.5)
     assert mask.sum(dim=1).tolist() == [4, 0]
+
+
+@pytest.mark.parametrize("shape", [(300,), (7, 50), (3, 4, 40), (5, 4)])
+def test_lowest_equals_a_stable_sort_with_ties(shape: tuple[int, ...]) -> None:
+    """The selection paths (numpy's on a CPU for long rows, torch.kthvalue for small groups) keep the exact
+    count and the lower-index-first tie rule of a stable sort, in float32 and float64."""
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        tied = torch.randint(0, 6, shape, generator=gen).to(dtype)  # many ties at every threshold
+        distinct = torch.rand(shape, generator=gen).to(dtype)
+        for scores, k in itertools.product((tied, distinct), (1, shape[-1] // 3, shape[-1] - 1)):
+            order = scores.argsort(dim=-1, stable=True)
+            want = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order[..., :k], True)
+            assert torch.equal(lowest(scores, k), want), (dtype, k)

@@ -9,7 +9,7 @@ from prunelab.calibration import Hessian, SquaredNorm
 from prunelab.config import PruneConfig
 from prunelab.pruning import METHODS
 from prunelab.pruning.masks import UNSTRUCTURED, Pattern, count_to_prune, lowest
-from prunelab.pruning.sparsegpt import SparseGPTOptions, inverse_cholesky, sparsegpt_prune
+from prunelab.pruning.sparsegpt import SparseGPTOptions, _lower_inverse, inverse_cholesky, sparsegpt_prune
 
 
 def reference_loop(w: torch.Tensor, h: torch.Tensor, sparsity: float, pattern: Pattern, bs: int) -> torch.Tensor:
@@ -70,6 +70,34 @@ def test_vectorised_equals_reference_loop(pattern: Pattern) -> None:
     ref = reference_loop(w, h, 0.5, pattern, 32)
     assert torch.equal(ours == 0, ref == 0)
     assert torch.allclose(ours, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("pattern", [UNSTRUCTURED, Pattern(2, 4), Pattern(4, 8), Pattern(8, 16)])
+def test_float32_default_blocks_equal_reference_loop(pattern: Pattern) -> None:
+    """At the engine's settings (float32, blocks of 128, a partial last block, for 8:16 a partial last group, a
+    dead input), the recursive solve keeps the reference loop's masks and its weights to float32 rounding."""
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(40, 296, generator=gen)
+    x = correlated_inputs(1200, 296, seed=1)
+    x[:, 7] = 0.0  # an input never active: H_77 = 0, its weights are zeroed
+    h = x.t() @ x / x.shape[0]
+    ours = w.clone()
+    mask, _ = sparsegpt_prune(ours, h, 0.5, pattern, SparseGPTOptions())
+    ours[mask] = 0
+    ref = reference_loop(w, h, 0.5, pattern, 128)
+    assert torch.equal(ours == 0, ref == 0)
+    assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4), (ours - ref).abs().max()
+    assert bool((ours[:, 7] == 0).all())
+
+
+def test_lower_inverse_by_halves_equals_triangular_solve() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n = 301  # odd sizes at every level of the recursion, leaves below 128
+    lower = torch.tril(torch.randn(n, n, generator=gen, dtype=torch.float64)) + 4 * torch.eye(n, dtype=torch.float64)
+    ref = torch.linalg.solve_triangular(lower, torch.eye(n, dtype=torch.float64), upper=False)
+    ours = _lower_inverse(lower)
+    assert torch.equal(ours, torch.tril(ours))
+    assert torch.allclose(ours, ref, atol=1e-12)
 
 
 def _reconstruction_error(method: str, w: torch.Tensor, x: torch.Tensor, pattern: str) -> float:

@@ -9,6 +9,7 @@ Conventions (tested by hand-computed cases):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from prunelab.config.pattern import UNSTRUCTURED, Pattern, count_to_prune, parse_pattern
@@ -16,6 +17,16 @@ from prunelab.errors import PrunelabError
 
 __all__ = ["UNSTRUCTURED", "Pattern", "count_to_prune", "is_valid_nm", "lowest", "nm_mask", "parse_pattern",
            "per_layer_mask", "per_row_mask"]  # fmt: skip
+
+
+def _kth_value(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest score along the last dimension, keepdim. On a CPU, for float rows longer than a small
+    group, numpy's introselect: the same value as `torch.kthvalue`, about 2-3x faster (SparseGPT selects over
+    128-column blocks of a layer, Wanda over every row)."""
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64) and scores.shape[-1] > 16:
+        part = np.partition(scores.detach().numpy(), k - 1, axis=-1)[..., k - 1 : k]
+        return torch.from_numpy(np.ascontiguousarray(part))
+    return torch.kthvalue(scores, k, dim=-1, keepdim=True).values
 
 
 def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -29,7 +40,7 @@ def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
-    kth = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
+    kth = _kth_value(scores, k)
     mask = scores <= kth
     if bool((mask.sum(dim=-1) == k).all()):  # the usual case: no tie straddles the threshold
         return mask

@@ -5,11 +5,12 @@ Faithful to the reference algorithm: dampening of 1% of the mean diagonal (raise
 line, when the Cholesky factorisation fails), blocks of 128 columns, the unstructured mask chosen per block from
 the weights as updated so far ("adaptive mask selection"), and an N:M mask chosen per group of M columns.
 
-Vectorised: within a group of columns whose mask is fixed (32 columns of a block when unstructured, M columns
-when N:M), the column-by-column OBS recurrence of the reference code is solved at once. For row r with pruned
-set P it is e_P U[P, P] = w_P (U the upper Cholesky factor of H^-1), an upper-triangular system, solved for all
-rows as one batched triangular solve; the errors then update the columns to the right in one matrix product.
-Same numbers as the loop (up to float rounding, checked in the tests), without a Python loop per column.
+Vectorised over rows, the recurrence of the reference code in another order: the weight is worked on
+transposed (a column is one contiguous row) and each 128-column block is split in halves recursively; the left
+half's errors reach the right half in one matrix product, and only the leaves of 8 columns (M when N:M, whose
+masks depend on the updated weights) go column by column with rank-1 updates. U comes from one Cholesky
+factorisation and a triangular inverse by halves (matrix products). Same numbers as the column loop up to float
+rounding (checked in the tests against a transcription of the published loop); no per-row matrices.
 """
 
 from __future__ import annotations
@@ -28,6 +29,24 @@ log = logging.getLogger(__name__)
 __all__ = ["SparseGPT", "SparseGPTOptions", "factor_hessian", "inverse_cholesky", "sparsegpt_prune"]
 
 
+def _lower_inverse(lower: torch.Tensor) -> torch.Tensor:
+    """L^-1 of a lower-triangular L by halves: [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]].
+
+    Matrix products instead of one triangular solve against the identity, which does not know that its result
+    is triangular: about 2.4x faster at width 1536 on a CPU, same rounding level (checked in the tests).
+    """
+    n = lower.shape[0]
+    if n <= 128:
+        return torch.linalg.solve_triangular(lower, torch.eye(n, dtype=lower.dtype, device=lower.device), upper=False)
+    m = n // 2
+    out = torch.zeros_like(lower)
+    a, c = _lower_inverse(lower[:m, :m]), _lower_inverse(lower[m:, m:])
+    out[:m, :m], out[m:, m:] = a, c
+    out[m:, :m] = c @ (lower[m:, :m] @ a)
+    out[m:, :m].neg_()
+    return out
+
+
 def inverse_cholesky(h: torch.Tensor, dampening: float, max_retries: int) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor U of (H + damp I)^-1 (U^T U = H^-1), and the dampening that made it work.
 
@@ -41,7 +60,7 @@ def inverse_cholesky(h: torch.Tensor, dampening: float, max_retries: int) -> tup
     for attempt in range(max_retries + 1):
         lower, info = torch.linalg.cholesky_ex(flipped + damp * mean_diag * eye)
         if info.item() == 0:
-            upper = torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
+            upper = _lower_inverse(lower).flip(0, 1)
             if torch.isfinite(upper).all():
                 return upper, damp
         if attempt < max_retries:
@@ -50,24 +69,38 @@ def inverse_cholesky(h: torch.Tensor, dampening: float, max_retries: int) -> tup
     raise RuntimeError(f"SparseGPT: Hessian not positive definite even at dampening {damp:g}")
 
 
-def _solve_group(w: torch.Tensor, mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """OBS errors E (rows, g) for columns w (rows, g) with a fixed mask, u = U[g, g] (upper triangular).
+# Columns solved one by one at the leaves of the recursion below; their errors reach the rest of the leaf
+# through rank-1 updates, and the left half of every larger span reaches its right half in one matrix product.
+LEAF = 8
 
-    Row r solves e A_r = w ⊙ m with A_r = diag(m) U diag(m) + diag(1 - m), so e is zero where m is 0.
-    g is small (at most SUBGROUP), so the per-row matrices are cheap.
+
+def _obs(wt: torch.Tensor, et: torch.Tensor, mask: torch.Tensor, u: torch.Tensor, pattern: Pattern,
+         a: int, b: int) -> None:  # fmt: skip
+    """The OBS recurrence over columns a:b of one block, all rows at once, on the transposed weight.
+
+    wt[j] is column j of the weight (contiguous), already updated by the errors of every column left of a;
+    et[j] receives column j's errors and mask[j] its mask (chosen here per group of M columns when N:M).
+    Column j's error is e_j = m_j w_j / U_jj, and every column k > j then takes w_k -= e_j U_jk.
     """
-    g = w.shape[1]
-    if g == 1:
-        return w * mask / u[0, 0]
-    m = mask.to(w.dtype)  # (rows, g)
-    mat = m.unsqueeze(2) * u.unsqueeze(0) * m.unsqueeze(1)  # (rows, g, g)
-    mat.diagonal(dim1=1, dim2=2).add_(1 - m)
-    return torch.linalg.solve_triangular(mat, (w * m).unsqueeze(1), upper=True, left=False).squeeze(1)
-
-
-# Columns solved at once inside a block: large enough to leave few Python iterations (4 per 128-column block),
-# small enough that the per-row triangular systems stay in cache.
-SUBGROUP = 32
+    step = pattern.m if pattern.is_nm else 1
+    if b - a > max(LEAF, step):
+        mid = a + max(step, (b - a) // 2 // step * step)
+        _obs(wt, et, mask, u, pattern, a, mid)
+        wt[mid:b].addmm_(u[a:mid, mid:b].t(), et[a:mid], alpha=-1)
+        _obs(wt, et, mask, u, pattern, mid, b)
+        return
+    d = torch.diagonal(u)
+    group = pattern.m if pattern.is_nm else b - a
+    for j in range(a, b):
+        if (j - a) % group == 0:
+            g = slice(j, min(j + group, b))
+            if pattern.is_nm:
+                scores = wt[g].square() / d[g].square().unsqueeze(1)
+                mask[g] = lowest(scores.t(), pattern.m - pattern.n).t()
+            scale = mask[g] / d[g].unsqueeze(1)  # 1 / U_jj where pruned, 0 where kept
+        torch.mul(wt[j], scale[(j - a) % group], out=et[j])
+        if j + 1 < b:
+            wt[j + 1 : b].addr_(u[j, j + 1 : b], et[j], alpha=-1)
 
 
 def factor_hessian(hessian: torch.Tensor, options: SparseGPTOptions) -> tuple[torch.Tensor, float, torch.Tensor]:
@@ -91,36 +124,26 @@ def sparsegpt_prune(
     rows, cols = weight.shape
     u, damp, dead = factors if factors is not None else factor_hessian(hessian, options)
     weight[:, dead] = 0.0
-    mask = torch.zeros_like(weight, dtype=torch.bool)
+    wt = weight.t().contiguous()  # (in, out): a column of the weight is one contiguous row
+    et = torch.empty_like(wt)  # the OBS errors, same layout
+    mask = torch.empty_like(wt, dtype=torch.bool)
     bs = options.blocksize
     if pattern.is_nm and bs % pattern.m:
         bs = max(pattern.m, bs - bs % pattern.m)
     for i1 in range(0, cols, bs):
         i2 = min(i1 + bs, cols)
-        w1 = weight[:, i1:i2].clone()
         u1 = u[i1:i2, i1:i2]
-        d1 = torch.diagonal(u1)
-        err = torch.zeros_like(w1)
-        mask1 = torch.zeros_like(w1, dtype=torch.bool)
-        if pattern.is_nm:
-            groups = [(g, g + pattern.m) for g in range(0, i2 - i1, pattern.m)]
-        else:
+        if not pattern.is_nm:
             # Cumulative rounding: the per-block counts add up to exactly round(s * rows * cols).
             k = count_to_prune(rows * i2, sparsity) - count_to_prune(rows * i1, sparsity)
-            scores = w1.square() / d1.square().unsqueeze(0)
-            mask1 = lowest(scores.reshape(-1), k).view_as(w1)
-            groups = [(g, min(g + SUBGROUP, i2 - i1)) for g in range(0, i2 - i1, SUBGROUP)]
-        for a, b in groups:
-            if pattern.is_nm:
-                scores = w1[:, a:b].square() / d1[a:b].square().unsqueeze(0)
-                mask1[:, a:b] = lowest(scores, pattern.m - pattern.n)
-            e = _solve_group(w1[:, a:b], mask1[:, a:b], u1[a:b, a:b])
-            err[:, a:b] = e
-            w1[:, a:] -= e @ u1[a:b, a:]
-        w1[mask1] = 0.0
-        weight[:, i1:i2] = w1
-        weight[:, i2:] -= err @ u[i1:i2, i2:]
-        mask[:, i1:i2] = mask1
+            scores = wt[i1:i2].square() / torch.diagonal(u1).square().unsqueeze(1)
+            mask[i1:i2] = lowest(scores.t().reshape(-1), k).view(rows, i2 - i1).t()
+        _obs(wt[i1:i2], et[i1:i2], mask[i1:i2], u1, pattern, 0, i2 - i1)
+        if i2 < cols:
+            wt[i2:].addmm_(u[i1:i2, i2:].t(), et[i1:i2], alpha=-1)
+    wt.masked_fill_(mask, 0.0)
+    weight.copy_(wt.t())
+    mask = mask.t().contiguous()
     return mask, damp
 
 
