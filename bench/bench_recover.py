@@ -97,6 +97,31 @@ def run(args: argparse.Namespace) -> None:
                 print_table(read_rows(out))
 
 
+def row_folder(out: Path, row: dict[str, Any]) -> Path | None:
+    """The saved model folder a row was measured on (None for the dense row)."""
+    if "mode" in row:
+        return out / "models" / row["name"].replace("+", "-")
+    if row["name"].endswith(" pruned"):
+        return out / "models" / f"{row['name'][: -len(' pruned')].replace('+', '-')}-pruned"
+    return None
+
+
+def add_speed(args: argparse.Namespace) -> None:
+    """Decode A/B for the rows that were written without it (--no-speed, e.g. while the machine was busy): run this
+    alone, so the quality rows can be produced under load and every timing still comes from a quiet machine."""
+    out = Path(args.out)
+    dense = None
+    for path in sorted((out / "rows").glob("*.json")):
+        row = json.loads(path.read_text())
+        folder = row_folder(out, row)
+        if "decode_speedup" in row or folder is None or not (folder / "config.json").exists():
+            continue
+        if dense is None:
+            dense = load_model(args.model).model
+        row.update(decode_speedup(dense, load_model(str(folder)).model, args), speed_measured="--add-speed")
+        write_json_atomic(path, row)
+
+
 def speed(dense: torch.nn.Module, model: torch.nn.Module, args: argparse.Namespace) -> dict[str, float]:
     return {} if args.no_speed else decode_speedup(dense, model, args)
 
@@ -141,13 +166,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-speed", action="store_true", help="skip the decode timings (rehearsals)")
+    ap.add_argument("--no-speed", action="store_true", help="skip the decode timings (rehearsals, or a busy machine)")
+    ap.add_argument("--add-speed", action="store_true", help="only add the decode timings to rows that lack them")
     ap.add_argument("--out", default="bench/out/recover")
     ap.add_argument("--table", action="store_true", help="print the table of the rows so far")
     args = ap.parse_args()
     if not args.table:
         torch.set_num_threads(args.threads)
-        run(args)
+        add_speed(args) if args.add_speed else run(args)
     print_table(read_rows(Path(args.out)))
 
 
