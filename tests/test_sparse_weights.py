@@ -48,6 +48,32 @@ def test_csr_layer_equals_dense(kind: str, shape: tuple[int, int], keep: bool) -
             assert torch.equal(sparse(x), layer(x))
 
 
+def test_csr_uses_int32_indices_and_stays_exact() -> None:
+    # int32 indices are the fast CPU path (2-3x over torch's default int64); values and products unchanged.
+    from prunelab.runtime import kernels as K
+
+    w = torch.randn(40, 48, generator=torch.Generator().manual_seed(1))
+    w[torch.rand(40, 48, generator=torch.Generator().manual_seed(2)) < 0.7] = 0.0
+    csr = K.to_csr(w)
+    assert csr.crow_indices().dtype == torch.int32 and csr.col_indices().dtype == torch.int32
+    assert torch.equal(csr.to_dense(), w)
+    for rows in (1, 5):
+        x = torch.randn(rows, 48, generator=torch.Generator().manual_seed(rows))
+        torch.testing.assert_close(K.csr_kernel(x, csr, None), x @ w.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_csr_refuses_half_precision_and_auto_keeps_it_dense() -> None:
+    # torch's CPU CSR products have no bfloat16 kernel: auto must not pick CSR, an explicit "csr" says why.
+    model = _pruned().to(torch.bfloat16)
+    handle = apply_weight_sparsity(model, kernels="auto")
+    try:
+        assert handle.info["csr_layers"] == 0
+    finally:
+        handle.remove()
+    with pytest.raises(PrunelabError, match="float32 or float64"):
+        apply_weight_sparsity(model, kernels="csr")
+
+
 def test_apply_csr_matches_dense_and_remove_restores() -> None:
     model = _pruned()
     modules = dict(model.named_modules())

@@ -151,11 +151,28 @@ SPARSE_ACT: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+INT32_MAX = 2**31 - 1
+
+
 def to_csr(weight: torch.Tensor) -> torch.Tensor:
-    """(out, in) dense -> CSR (torch marks sparse CSR as beta; the warning says nothing a user can act on)."""
+    """(out, in) dense -> CSR with int32 indices where they fit (torch marks sparse CSR as beta; the warning says
+    nothing a user can act on).
+
+    torch builds CSR with int64 indices; on a CPU its int32 products are 2-3x faster (measured on SmolLM2 shapes,
+    2 threads, one token: 576x1536 at 70% 183 -> 71 us, dense 313 us; bench/RESULTS.md) and read 4 bytes less per
+    stored weight, which is what a memory-bound decode pays for.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return weight.detach().to_sparse_csr()
+        csr = weight.detach().to_sparse_csr()
+        if csr.values().numel() > INT32_MAX or max(weight.shape) > INT32_MAX:
+            return csr
+        return torch.sparse_csr_tensor(
+            csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32), csr.values(), csr.shape
+        )
+
+
+CSR_DTYPES = (torch.float32, torch.float64)  # torch's CPU CSR products (MKL) have no half-precision kernels
 
 
 def csr_kernel(x2: torch.Tensor, csr: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Sparse weight execution: weight-pruned layers above their measured break-even run as CSR products.
 
 A dense GEMM multiplies zeros at full price; a CSR matrix-vector product reads only the stored values plus their
-column indices (4 + 8 bytes each in float32 with int64 indices), so it can only win well above 50% sparsity. The
-break-even depends on the shape, the threads and the cache, so it is measured per (shape, sparsity tenth) over the
+column indices (4 + 4 bytes each in float32 with the int32 indices `kernels.to_csr` makes), so it can only win
+above about 50% sparsity for one token, less for many rows. The break-even depends on the shape, the threads and the cache, so it is measured per (shape, sparsity tenth) over the
 model's own layers (`kernels="auto"`); below `MIN_SPARSITY` nothing is measured (CSR cannot win there).
 
 `load_sparse(DIR)` loads the compact checkpoint of `measurement/size.py` (its reader, not a second one) straight
@@ -79,10 +79,14 @@ def _choose(
     if choice in ("off", "dense"):
         return dict.fromkeys(layers, "dense"), {}
     if choice == "csr":
+        odd = sorted({str(weight_2d(m).dtype) for m in layers.values() if weight_2d(m).dtype not in K.CSR_DTYPES})
+        if odd:
+            raise PrunelabError(f"CSR kernels need float32 or float64 weights, not {', '.join(odd)}; "
+                                "load the model in float32 or use --sparse-kernels auto")  # fmt: skip
         return dict.fromkeys(layers, "csr"), {}
     buckets: dict[tuple[int, int, float], list[str]] = {}
     for n, m in layers.items():
-        if sparsity[n] >= min_sparsity:
+        if sparsity[n] >= min_sparsity and weight_2d(m).dtype in K.CSR_DTYPES:
             shape = tuple(weight_2d(m).shape)
             buckets.setdefault((shape[0], shape[1], round(sparsity[n], 1)), []).append(n)
     out = dict.fromkeys(layers, "dense")
