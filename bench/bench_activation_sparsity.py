@@ -374,7 +374,8 @@ def print_models(rows: list[dict[str, Any]]) -> None:
 def _category(name: str) -> str:
     if name in ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm", "aten::mv"):
         return "matmul"
-    if name in ("aten::embedding_bag", "aten::_embedding_bag", "aten::index_select", "aten::_sparse_csr_mm"):
+    if name in ("aten::embedding_bag", "aten::_embedding_bag", "aten::_embedding_bag_forward_only",
+                "aten::index_select", "aten::_sparse_csr_mm", "aten::addmv"):
         return "sparse gather"
     if "attention" in name or name in ("aten::softmax", "aten::_softmax"):
         return "attention"
@@ -382,7 +383,8 @@ def _category(name: str) -> str:
 
 
 def profile_section(args: argparse.Namespace) -> dict[str, Any]:
-    """One decode step (1 token, cache of `prompt_len`), dense and at one level: op time by category."""
+    """Decode steps (1 token, cache of `prompt_len`), dense and at one level: op time by category, per step
+    (the mean of `--profile-steps` profiled steps: one step alone is too noisy on this VM)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     lm = load_model(args.model)
@@ -406,11 +408,12 @@ def profile_section(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     for _ in range(2):  # warm-up
                         model(input_ids=nxt, past_key_values=copy.deepcopy(past), use_cache=True)
-                    cache = copy.deepcopy(past)
+                    caches = [copy.deepcopy(past) for _ in range(args.profile_steps)]
                     with profile(activities=[ProfilerActivity.CPU]) as prof:
                         start = time.perf_counter()
-                        model(input_ids=nxt, past_key_values=cache, use_cache=True)
-                        wall = (time.perf_counter() - start) * 1e6
+                        for cache in caches:
+                            model(input_ids=nxt, past_key_values=cache, use_cache=True)
+                        wall = (time.perf_counter() - start) * 1e6 / args.profile_steps
                 finally:
                     pre.remove()
                     post.remove()
@@ -419,19 +422,21 @@ def profile_section(args: argparse.Namespace) -> dict[str, Any]:
                 handle.remove()
         cats: dict[str, float] = {}
         lm_head_us = 0.0
+        steps = args.profile_steps
         for evt in prof.key_averages():
             if evt.key == "lm_head":
-                lm_head_us = evt.cpu_time_total
+                lm_head_us = evt.cpu_time_total / steps
                 continue
-            cats[_category(evt.key)] = cats.get(_category(evt.key), 0.0) + evt.self_cpu_time_total
+            cats[_category(evt.key)] = cats.get(_category(evt.key), 0.0) + evt.self_cpu_time_total / steps
         ops = sum(cats.values())
         results[label] = {
             "wall_us": wall,
             "op_self_us_by_category": cats,
             "lm_head_us": lm_head_us,
             "python_and_framework_us": max(wall - ops, 0.0),
+            "steps": steps,
             "top_ops": [
-                (e.key, e.self_cpu_time_total)
+                (e.key, e.self_cpu_time_total / steps)
                 for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
             ],
         }
@@ -481,6 +486,7 @@ def main() -> None:
     ap.add_argument("--pruned", action="store_true", help="also Wanda-50%%, structured MLP-25%% and weight-sparse")
     ap.add_argument("--weight-model-sparsities", nargs="*", type=float, default=[0.5, 0.7, 0.8])
     ap.add_argument("--profile-level", type=float, default=0.5)
+    ap.add_argument("--profile-steps", type=int, default=8, help="decode steps profiled (per-step means)")
     ap.add_argument("--sparse-kernels", default="auto", help="activation kernels of the profile section")
     ap.add_argument("--cache", default="bench/out/activation_sparsity", help="pruned models, threshold tables")
     ap.add_argument("--rows", default="bench/results/activation_sparsity", help="one JSON per result row")
