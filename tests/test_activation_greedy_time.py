@@ -15,7 +15,8 @@ from prunelab.runtime import calibrate_thresholds
 from prunelab.runtime.costs import FORMAT, KernelCosts, measure_kernel_costs
 from prunelab.runtime.thresholds import allocation_at, greedy_path, read_costs
 
-from .conftest import VOCAB, make_model
+from ._activation import TwoLayerModel, calib_ids
+from .conftest import make_model
 
 # Shape A (8 in, 4 out) saves 3 s per 0.25 of sparsity. Shape B (4 in, 8 out) is slower than dense at keep 0.75
 # and saves 2 s at keep 0.5: raw savings 0, 2, whose concave envelope credits 1 per step.
@@ -25,10 +26,6 @@ COSTS = KernelCosts(
     dense={"8x4": 10.0, "4x8": 10.0, "6x6": 10.0},
     sparse={"8x4": [4.0, 7.0], "4x8": [8.0, 11.0], "6x6": [12.0, 11.0]},
 )
-
-
-def _calib(n: int = 4, length: int = 32, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
 def test_cost_model_savings_hand_computed() -> None:
@@ -75,35 +72,6 @@ def test_a_shape_that_never_saves_is_raised_last_and_stop_ends_the_walk() -> Non
     ]  # fmt: skip
 
 
-class _PairBlock(nn.Module):
-    """h + a(h / 2) + fold(b(h / 2)): two layers of different shapes (a: w -> w, b: w -> 2w, its halves summed)
-    reading equal but separate tensors, so a cost table can tell them apart."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.a = nn.Linear(width, width, bias=False)
-        self.b = nn.Linear(width, 2 * width, bias=False)
-
-    def forward(self, h: torch.Tensor, **_: object) -> torch.Tensor:
-        y = self.b(h * 0.5)
-        return h + self.a(h * 0.5) + y[..., : h.shape[-1]] + y[..., h.shape[-1] :]
-
-
-class _PairModel(nn.Module):
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(VOCAB, width)
-        self.model = nn.Module()
-        self.model.layers = nn.ModuleList([_PairBlock(width) for _ in range(2)])
-
-    def forward(self, input_ids: torch.Tensor, **_: object) -> torch.Tensor:
-        h = self.embed(input_ids)
-        for block in self.model.layers:
-            h = block(h)
-        return h
-
-
 def _pair_costs(a_saves: float, b_saves: float) -> KernelCosts:
     """Linear savings: at sparsity s, layer a saves a_saves * s seconds, layer b b_saves * s."""
     keeps = [round(0.05 * i, 2) for i in range(1, 20)]
@@ -114,7 +82,7 @@ def _pair_costs(a_saves: float, b_saves: float) -> KernelCosts:
 
 
 def test_calibration_with_injected_costs_moves_sparsity_to_where_it_saves_time() -> None:
-    model, calib = _PairModel(), _calib()
+    model, calib = TwoLayerModel(16, widen=2), calib_ids()  # layers a 16x16, b 16x32
     greedy = calibrate_thresholds(model, calib, allocation="greedy", greedy_step=0.05)
     fast_a = calibrate_thresholds(model, calib, allocation="greedy-time", greedy_step=0.05, costs=_pair_costs(0.9, 0.0))
     fast_b = calibrate_thresholds(model, calib, allocation="greedy-time", greedy_step=0.05, costs=_pair_costs(0.0, 0.9))
@@ -138,12 +106,12 @@ def test_measured_costs_cover_every_shape_and_are_reused_from_a_table(tmp_path: 
     costs = measure_kernel_costs(layers, keeps=(0.25, 0.5, 0.75), repeats=1)
     assert set(costs.dense) == {"64x64", "64x32", "64x96", "96x64"}  # q/o, k/v, gate/up, down
     assert all(len(v) == 3 for v in costs.sparse.values()) and costs.threads == torch.get_num_threads()
-    table = calibrate_thresholds(model, _calib(), allocation="greedy-time", greedy_step=0.1, costs=costs)
+    table = calibrate_thresholds(model, calib_ids(), allocation="greedy-time", greedy_step=0.1, costs=costs)
     table.save(tmp_path)
     assert read_costs(tmp_path).to_dict() == costs.to_dict()
     (tmp_path / "c.json").write_text(json.dumps(costs.to_dict()))
     assert read_costs(tmp_path / "c.json").to_dict() == costs.to_dict()
-    plain = calibrate_thresholds(model, _calib(), allocation="greedy", greedy_step=0.1)
+    plain = calibrate_thresholds(model, calib_ids(), allocation="greedy", greedy_step=0.1)
     plain.save(tmp_path / "plain")
     with pytest.raises(PrunelabError, match="records no kernel costs"):
         read_costs(tmp_path / "plain")
@@ -152,7 +120,7 @@ def test_measured_costs_cover_every_shape_and_are_reused_from_a_table(tmp_path: 
 
 
 def test_greedy_search_stops_at_the_highest_level_with_the_same_allocation() -> None:
-    model, calib = make_model("llama"), _calib()
+    model, calib = make_model("llama"), calib_ids()
     full = calibrate_thresholds(model, calib, allocation="greedy", greedy_step=0.1)
     low = calibrate_thresholds(model, calib, allocation="greedy", greedy_step=0.1, levels=[0.0, 0.2, 0.4])
     for level in low.levels:  # the walk is the same up to where it stopped

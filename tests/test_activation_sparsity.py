@@ -28,11 +28,8 @@ from prunelab.runtime.kernels import ACT_KERNELS
 from prunelab.runtime.sparse import _Selection
 from prunelab.runtime.thresholds import AbsHistogram, allocation_at, greedy_path
 
-from .conftest import VOCAB, make_model
-
-
-def _calib(n: int = 4, length: int = 32, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
+from ._activation import TwoLayerModel, calib_ids
+from .conftest import make_model
 
 
 def _inputs_of(model: nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -82,7 +79,7 @@ def test_histogram_quantiles_within_one_percent(dist: str) -> None:
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_thresholds_reach_requested_sparsity_on_calibration_data(arch: str) -> None:
-    model, calib = make_model(arch), _calib()
+    model, calib = make_model(arch), calib_ids()
     table = calibrate_thresholds(model, calib)
     inputs = _inputs_of(model, calib)
     for level in (0.25, 0.5, 0.9):
@@ -96,7 +93,7 @@ def test_thresholds_reach_requested_sparsity_on_calibration_data(arch: str) -> N
 
 
 def test_groups_share_inputs_and_lm_head_is_never_targeted() -> None:
-    table = calibrate_thresholds(make_model("llama"), _calib())
+    table = calibrate_thresholds(make_model("llama"), calib_ids())
     first = [g.layers for g in table.groups if g.block == 0]
     assert first == [
         ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"],
@@ -105,7 +102,7 @@ def test_groups_share_inputs_and_lm_head_is_never_targeted() -> None:
         ["model.layers.0.mlp.down_proj"],
     ]
     assert all("lm_head" not in layer for g in table.groups for layer in g.layers)
-    excluded = calibrate_thresholds(make_model("llama"), _calib(), exclude=[r"re:layers\.0\."])
+    excluded = calibrate_thresholds(make_model("llama"), calib_ids(), exclude=[r"re:layers\.0\."])
     assert {g.block for g in excluded.groups} == {1} and excluded.excluded == [r"re:layers\.0\."]
 
 
@@ -123,7 +120,7 @@ def test_greedy_path_hand_computed() -> None:
 
 
 def test_greedy_average_equals_level_in_every_block() -> None:
-    table = calibrate_thresholds(make_model("llama"), _calib(), allocation="greedy", greedy_step=0.1)
+    table = calibrate_thresholds(make_model("llama"), calib_ids(), allocation="greedy", greedy_step=0.1)
     assert table.levels[-1] == 0.9
     for level in table.levels:
         assert table.average(level) == pytest.approx(level, abs=1e-9)
@@ -134,43 +131,16 @@ def test_greedy_average_equals_level_in_every_block() -> None:
     assert len({round(s, 6) for s in table.sparsity_at(0.5).values()}) > 1  # not uniform in disguise
 
 
-class _TwinBlock(nn.Module):
-    """h + a(h / 2) + b(h / 2): two layers reading equal but separate tensors, so only their weights differ."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.a = nn.Linear(width, width, bias=False)
-        self.b = nn.Linear(width, width, bias=False)
-
-    def forward(self, h: torch.Tensor, **_: object) -> torch.Tensor:
-        return h + self.a(h * 0.5) + self.b(h * 0.5)
-
-
-class _TwinModel(nn.Module):
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(VOCAB, width)
-        self.model = nn.Module()
-        self.model.layers = nn.ModuleList([_TwinBlock(width) for _ in range(2)])
-
-    def forward(self, input_ids: torch.Tensor, **_: object) -> torch.Tensor:
-        h = self.embed(input_ids)
-        for block in self.model.layers:
-            h = block(h)
-        return h
-
-
 def test_greedy_puts_less_sparsity_on_the_more_sensitive_layer() -> None:
-    model = _TwinModel()
+    model = TwoLayerModel(32)  # layers a and b both 32x32
     with torch.no_grad():
         model.model.layers[0].b.weight.copy_(model.model.layers[0].a.weight)
         model.model.layers[0].a.weight.mul_(10.0)  # a's dropped inputs cost 100x more block output error
-    table = calibrate_thresholds(model, _calib(), allocation="greedy", greedy_step=0.05)
+    table = calibrate_thresholds(model, calib_ids(), allocation="greedy", greedy_step=0.05)
     at = table.sparsity_at(0.5)
     a, b = at["model.layers.0.a"], at["model.layers.0.b"]
     assert a < 0.5 < b and (a + b) / 2 == pytest.approx(0.5)
-    assert calibrate_thresholds(model, _calib()).sparsity_at(0.5)["model.layers.0.a"] == 0.5
+    assert calibrate_thresholds(model, calib_ids()).sparsity_at(0.5)["model.layers.0.a"] == 0.5
 
 
 # ---------------------------------------------------------------- the sparse Linear
@@ -216,7 +186,7 @@ def test_prefill_is_dense_or_thresholded(kind: str) -> None:
 
 def _table(arch: str = "llama") -> tuple[nn.Module, ThresholdTable]:
     model = make_model(arch)
-    return model, calibrate_thresholds(model, _calib())
+    return model, calibrate_thresholds(model, calib_ids())
 
 
 def _scores(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +206,7 @@ def _scores(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 @pytest.mark.parametrize("batch", [1, 2])
 def test_every_kernel_decodes_like_the_thresholded_dense_model(arch: str, batch: int) -> None:
     model, table = _table(arch)
-    ids = _calib(batch, 6, seed=5)
+    ids = calib_ids(batch, 6, seed=5)
     with torch.no_grad():
         _, dense = _scores(model, ids)
         with apply_activation_sparsity(model, table, 0.5, kernels="off"):
@@ -250,7 +220,7 @@ def test_every_kernel_decodes_like_the_thresholded_dense_model(arch: str, batch:
 
 def test_level_zero_gives_the_dense_logits_exactly() -> None:
     model, table = _table()
-    ids = _calib(2, 8, seed=6)
+    ids = calib_ids(2, 8, seed=6)
     with torch.no_grad():
         seq, scores = _scores(model, ids)
         logits = model(input_ids=ids).logits
@@ -263,7 +233,7 @@ def test_level_zero_gives_the_dense_logits_exactly() -> None:
 
 def test_prefill_threshold_mode_changes_full_sequence_logits() -> None:
     model, table = _table()
-    ids = _calib(1, 16, seed=7)
+    ids = calib_ids(1, 16, seed=7)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
         with apply_activation_sparsity(model, table, 0.5, prefill="dense", kernels="off"):
@@ -277,7 +247,7 @@ def test_remove_restores_the_model_bit_for_bit() -> None:
     modules = dict(model.named_modules())
     params = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
     keys = list(model.state_dict())
-    ids = _calib(1, 8, seed=8)
+    ids = calib_ids(1, 8, seed=8)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
         handle = apply_activation_sparsity(model, table, 0.6, kernels="auto", measure_repeats=1)
@@ -296,7 +266,7 @@ def test_remove_restores_the_model_bit_for_bit() -> None:
 
 def test_table_save_load_round_trip_and_plain_transformers_folder(tmp_path: Path, tokenizer) -> None:
     model = make_model("llama")
-    table = calibrate_thresholds(model, _calib(), allocation="greedy", greedy_step=0.1, record={"source": "x"})
+    table = calibrate_thresholds(model, calib_ids(), allocation="greedy", greedy_step=0.1, record={"source": "x"})
     src = tmp_path / "src"
     model.save_pretrained(src)
     tokenizer.save_pretrained(src)
@@ -307,7 +277,7 @@ def test_table_save_load_round_trip_and_plain_transformers_folder(tmp_path: Path
     assert find_table(out).thresholds_at(0.35) == table.thresholds_at(0.35)
     assert find_table(src) is None
     plain = AutoModelForCausalLM.from_pretrained(out).eval()
-    ids = _calib(1, 8, seed=9)
+    ids = calib_ids(1, 8, seed=9)
     with torch.no_grad():
         assert torch.equal(plain(input_ids=ids).logits, model(input_ids=ids).logits)
     with pytest.raises(PrunelabError, match="already exists"):
@@ -364,7 +334,7 @@ def test_other_bad_inputs() -> None:
     with pytest.raises(PrunelabError, match="does not match this model"):
         apply_activation_sparsity(make_model("gpt2"), table, 0.5)
     with pytest.raises(PrunelabError, match="unknown allocation"):
-        calibrate_thresholds(model, _calib(), allocation="owl")
+        calibrate_thresholds(model, calib_ids(), allocation="owl")
     with apply_activation_sparsity(model, table, 0.5, kernels="off"):
         with pytest.raises(PrunelabError, match="already applied"):
             apply_activation_sparsity(model, table, 0.5)
@@ -397,7 +367,7 @@ def test_readers_of_one_input_share_one_index_computation(kernel: str, monkeypat
                 derived.append("bags")
             return super().bags(split)
 
-    ids = _calib(1, 6, seed=10)
+    ids = calib_ids(1, 6, seed=10)
     with torch.no_grad(), apply_activation_sparsity(model, table, 0.5, kernels=kernel) as handle:
         out = model(input_ids=ids, use_cache=True)
         nxt = out.logits[:, -1:].argmax(-1)

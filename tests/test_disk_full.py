@@ -117,6 +117,72 @@ def test_other_errors_are_not_disguised_as_a_full_disk(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def _raised(make_outer, inner: BaseException, suppress: bool = False) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException:
+            if suppress:
+                raise make_outer() from None
+            raise make_outer()  # noqa: B904 - an implicit chain (__context__), as torch's cleanup makes
+    except BaseException as e:
+        return e
+
+
+def test_write_error_follows_the_chain_as_a_traceback_shows_it(tmp_path) -> None:
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    on_top = _raised(lambda: RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+                     full)  # fmt: skip  # what torch.save into a file object raises on a real full disk
+    assert isinstance(_util.write_error(on_top, tmp_path), _util.WriteError)
+    assert _util.write_error(on_top, tmp_path).reason == FULL
+    assert _util.write_error(_raised(lambda: RuntimeError("x"), full, suppress=True), tmp_path) is None
+    assert _util.write_error(_raised(KeyboardInterrupt, full), tmp_path) is None  # Ctrl-C stays Ctrl-C
+    assert _util.write_error(_raised(lambda: RuntimeError("x"), ValueError("bug")), tmp_path) is None
+
+
+def _checkpoint_dir_state(folder: Path) -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted(folder.iterdir())]
+
+
+def test_torch_save_atomic_on_a_full_disk(tmp_path, monkeypatch) -> None:
+    import torch
+
+    from prunelab.training import checkpoint
+
+    target = tmp_path / "ckpt" / "state.pt"
+    checkpoint.torch_save_atomic(target, {"step": 1})  # the previous checkpoint
+    before = _checkpoint_dir_state(target.parent)
+
+    def full(obj, f, *args, **kwargs):
+        if hasattr(f, "write"):
+            f.write(b"PK" + b"\0" * 500)  # part of the file made it to disk
+        else:
+            Path(f).write_bytes(b"PK" + b"\0" * 500)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(_util.WriteError, match=FULL) as info:
+        checkpoint.torch_save_atomic(target, {"step": 2})
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and f"'{target}'" in message and ".tmp" not in message
+    assert _checkpoint_dir_state(target.parent) == before  # no temp file, the old checkpoint byte for byte
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    assert _util._TEMP_PATHS == set()
+
+
+def test_torch_save_atomic_other_errors_stay_errors(tmp_path, monkeypatch) -> None:
+    from prunelab.training import checkpoint
+
+    def broken(obj, f, *args, **kwargs):
+        raise TypeError("cannot pickle this")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    with pytest.raises(TypeError, match="cannot pickle"):
+        checkpoint.torch_save_atomic(tmp_path / "state.pt", {"step": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path):
     mnt = tmp_path / "full"
@@ -138,4 +204,15 @@ def test_prune_to_a_real_full_tmpfs(tiny_folder, tiny_tmpfs, capsys) -> None:
     assert main(args) == 2
     line = _one_line(capsys.readouterr().err)
     assert FULL in line and f"'{out}'" in line
+    assert list(tiny_tmpfs.iterdir()) == []
+
+
+def test_torch_save_atomic_to_a_real_full_tmpfs(tiny_tmpfs) -> None:
+    import torch
+
+    from prunelab.training import checkpoint
+
+    target = tiny_tmpfs / "state.pt"
+    with pytest.raises(_util.WriteError, match=FULL):  # torch's own writer: given a path it says only RuntimeError
+        checkpoint.torch_save_atomic(target, {"w": torch.zeros(100_000)})  # 400 kB into 64 KiB
     assert list(tiny_tmpfs.iterdir()) == []

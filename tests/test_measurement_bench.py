@@ -100,6 +100,9 @@ def test_bench_energy_off_and_no_size(tiny_folder: Path, tmp_path: Path, capsys)
         (["--energy", "rapl"], "RAPL"),
         (["--prompt-len", "300"], "exceed the context"),
         (["--gen-len", "1"], "gen_len"),
+        (["--prompt-len", "512"], "prompt 512 + 64 generated tokens exceed the context"),  # given: not shortened
+        (["--prompt-len", "128", "--gen-len", "200"], "prompt 128 + 200 generated tokens exceed the context"),
+        (["--gen-len", "300"], "prompt 512 + 300 generated tokens exceed the context"),  # no room left for a prompt
     ],
 )
 def test_bench_bad_input_is_one_line(tiny_folder: Path, capsys, monkeypatch, tmp_path, args, message) -> None:
@@ -134,3 +137,37 @@ def test_python_api_bench_on_in_memory_model(model_factory) -> None:
     assert r["latency"]["prefill_ms"]["8"]["n"] == 1 and r["hardware"]["torch_threads"] == 1
     assert torch.get_num_threads() == before  # the thread count is restored for the caller
     assert r["memory"]["phases"].keys() == {"inference"} and r["size"]["round_trip_bit_exact"] is True
+
+
+def test_default_lengths_shorten_to_a_256_token_context(model_factory) -> None:
+    from prunelab.api.bench import fit_bench_lengths
+    from prunelab.errors import PrunelabError
+    from prunelab.measurement import BenchConfig
+
+    model = model_factory("llama")  # max_position_embeddings 256; the defaults are prompt 128 512 + 64 generated
+    fitted, note = fit_bench_lengths(model, BenchConfig())
+    assert (fitted.prompt_lens, fitted.gen_len) == ([128, 192], 64)  # 512 -> 256 - 64; 128 already fits
+    assert note == ("default lengths shortened to the model's context (256): prompt 128 512 + 64 generated -> "
+                    "prompt 128 192 + 64 generated")  # fmt: skip
+    fitted, _ = fit_bench_lengths(model, BenchConfig(gen_len=100))  # a given gen_len stays, the prompts make room
+    assert (fitted.prompt_lens, fitted.gen_len) == ([128, 156], 100)
+    fitted, _ = fit_bench_lengths(model, BenchConfig(prompt_lens=[250]))  # a given prompt stays, gen_len shortens
+    assert (fitted.prompt_lens, fitted.gen_len) == ([250], 6)
+    small = BenchConfig(prompt_lens=[8], gen_len=4)
+    assert fit_bench_lengths(model, small) == (small, None)  # fits: nothing changes, no note
+    with pytest.raises(PrunelabError, match="prompt 512 \\+ 64 generated tokens exceed the context"):
+        fit_bench_lengths(model, BenchConfig(prompt_lens=[512], gen_len=64))  # both given: refused
+
+
+def test_cli_bench_defaults_shortened_and_recorded(tiny_folder: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "b.json"
+    args = ["-q", "bench", "--model", str(tiny_folder), "--batch", "1", "--repeats", "1", "--warmup", "0",
+            "--threads", "1", "--energy", "off", "--no-size", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert sorted(r["latency"]["prefill_ms"], key=int) == ["128", "192"]
+    assert r["config"]["prompt_lens"] == [128, 192] and r["config"]["gen_len"] == 64
+    protocol = r["latency"]["protocol"]
+    assert protocol["decode_prompt_len"] == 128 and protocol["gen_len"] == 64
+    assert any("shortened to the model's context (256)" in n for n in r["notes"])
+    assert "note: default lengths shortened" in capsys.readouterr().out

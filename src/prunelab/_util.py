@@ -397,19 +397,35 @@ def write_error(error: BaseException, target: str | os.PathLike[str]) -> WriteEr
     """The one-line error for a save of `target` that failed because of the disk, else None (a bug stays a bug).
 
     OSError says it by errno; safetensors' Rust writer raises its own SafetensorError whose text carries the OS
-    error ("I/O error: No space left on device (os error 28)"), so that text is recognised too."""
-    if isinstance(error, WriteError):  # a file inside a folder being saved: name the folder, not the temp path
-        reason = error.reason
-    elif isinstance(error, OSError) and error.errno in DISK_ERRNOS:
-        reason = error.strerror or os.strerror(error.errno or 0)
-    elif isinstance(error, Exception) and not isinstance(error, OSError):
-        codes = [int(c) for c in re.findall(r"os error (\d+)", str(error))]
-        if not any(c in DISK_ERRNOS for c in codes):
-            return None
-        reason = os.strerror(next(c for c in codes if c in DISK_ERRNOS))
-    else:
+    error ("I/O error: No space left on device (os error 28)"), so that text is recognised too. The error's
+    chain (`__cause__`, `__context__`) is searched as well: torch.save into a file object lets the OSError(ENOSPC)
+    through, but its zip writer's cleanup then raises a bare RuntimeError ("unexpected pos ...") on top of it. The
+    chain is followed as a traceback shows it (`raise ... from None` ends it), and an interrupt (KeyboardInterrupt,
+    SystemExit) stays an interrupt even if it came while a disk error was being handled."""
+    if not isinstance(error, Exception):
         return None
-    return WriteError(target, reason)
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        reason = _disk_reason(current)
+        if reason is not None:
+            return WriteError(target, reason)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return None
+
+
+def _disk_reason(error: BaseException) -> str | None:
+    """Why the disk refused a write, if `error` (this one exception, not its chain) says it did."""
+    if isinstance(error, WriteError):  # a file inside a folder being saved: name the folder, not the temp path
+        return error.reason
+    if isinstance(error, OSError):
+        return (error.strerror or os.strerror(error.errno or 0)) if error.errno in DISK_ERRNOS else None
+    if isinstance(error, Exception):
+        codes = [int(c) for c in re.findall(r"os error (\d+)", str(error))]
+        disk = [c for c in codes if c in DISK_ERRNOS]
+        return os.strerror(disk[0]) if disk else None
+    return None
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:

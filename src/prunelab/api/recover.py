@@ -226,7 +226,7 @@ def recover_job(
         if cfg.mode == "distill" or (teacher is not None and probe is not None):
             t = load_model(teacher, dtype=dtype, device=device)
             check_teacher(student.model, t.model, student.tokenizer, t.tokenizer)
-            if cfg.mode == "distill" and cfg.teacher_topk:
+            if cfg.teacher_topk:  # only with mode distill (RecoverConfig refuses it with lora)
                 check_k(cfg.teacher_topk, t.model)
             dense = probe(t.model) if probe is not None else None  # before training moves the teacher
             t_model = t.model if cfg.mode == "distill" else None

@@ -15,13 +15,26 @@ RENAMED = {"--prompt-len": "prompt_lens", "--batch": "batches"}
 FIELDS = ["prompt_lens", "gen_len", "batches", "repeats", "warmup", "threads", "energy", "country", "region",
           "grid_intensity", "cpu_watts", "size"]  # fmt: skip
 
+# lengths whose defaults shorten to a model with a shorter context (`api.bench.fit_bench_lengths`); given, refused
+FITTED = ("prompt_lens", "gen_len")
+
+
+def _fitted_help(name: str) -> str:
+    info = BenchConfig.model_fields[name]
+    default = info.get_default(call_default_factory=True)
+    shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+    return f"{info.description} (default: {shown}, shortened to fit a model with a shorter context)"
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure latency, throughput, memory, size, energy and carbon of a model")
     model_args(p, runtime=True)
-    for flag, name in RENAMED.items():
-        add_field(p, BenchConfig, name, flag)
-    for name in ("gen_len", "repeats", "warmup", "threads", "energy"):
+    for flag, name in [*RENAMED.items(), ("--gen-len", "gen_len")]:
+        if name in FITTED:  # None when not given, so the config knows the default may be shortened
+            add_field(p, BenchConfig, name, flag, default=None, help=_fitted_help(name))
+        else:
+            add_field(p, BenchConfig, name, flag)
+    for name in ("repeats", "warmup", "threads", "energy"):
         add_field(p, BenchConfig, name)
     for name in ("country", "region", "grid_intensity", "cpu_watts"):
         add_field(p, BenchConfig, name)
@@ -39,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from prunelab import api
 
     gpu_24 = args.sparse_kernels == "auto"  # given explicitly: also 2:4 GPU kernels (a note says why not used)
-    cfg = build(BenchConfig, {**values(args, FIELDS), "sparse_kernels": gpu_24}, "bench settings")
+    given = {k: v for k, v in values(args, FIELDS).items() if not (k in FITTED and v is None)}
+    cfg = build(BenchConfig, {**given, "sparse_kernels": gpu_24}, "bench settings")
     report = api.bench_job(cfg, model_config(args), json_path=args.json_path, runtime=runtime_config(args))
     print_bench(report)
     print_runtime(report.get("runtime"))

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from prunelab._util import register_temp, unregister_temp
+from prunelab._util import register_temp, unregister_temp, write_error
 from prunelab.errors import PrunelabError
 
 CHECKPOINT_DIR = ".recover-checkpoint"
@@ -61,14 +61,30 @@ def save(folder: Path, state: dict[str, Any]) -> None:
 
 
 def torch_save_atomic(path: Path, obj: Any) -> None:
-    """torch.save to a temp file beside `path`, then rename over it (also the teacher cache's writer)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """torch.save to a temp file beside `path`, then rename over it (also the teacher cache's writer).
+
+    torch.save writes through a Python file object, not a path: given a path, its C++ writer reports a full disk
+    as a bare RuntimeError ("unexpected pos ..."), through a file object the OSError(ENOSPC) comes back as is, so a
+    save that fails for lack of space gives the same one-line `WriteError` as every other writer (`write_error`).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        disk = write_error(e, path)
+        if disk is not None:
+            raise disk from None
+        raise
     register_temp(Path(tmp))
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
         os.replace(tmp, path)
+    except BaseException as e:
+        disk = write_error(e, path)
+        if disk is not None:
+            raise disk from None
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
         unregister_temp(Path(tmp))
