@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--ppl-windows", type=int, default=40)
     ap.add_argument("--reconstruct-steps", type=int, default=None, help="default: the config's")
+    ap.add_argument("--allocation", default="uniform", help="layer-wise allocation (e.g. alpha, owl); rows not "
+                    "uniform are named with it")  # fmt: skip
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,16 +65,20 @@ def main() -> None:
         for level in args.levels:
             for stage in args.stages:
                 name = f"{method}-{level.replace(':', 'of').rstrip('%')}-{stage}"
+                if args.allocation != "uniform":
+                    name += f"-{args.allocation}"
                 target = out / f"{name}.json"
                 flags = list(STAGES[stage])
                 if args.reconstruct_steps and "--reconstruct" in flags:
                     flags += ["--reconstruct-steps", str(args.reconstruct_steps)]
+                if args.allocation != "uniform":
+                    flags += ["--allocation", args.allocation]
                 if not target.exists():
                     run([*cli, "prune", *model, "--method", method, *level_flags(level), "--calib", calib,
                          "--calib-samples", str(args.calib_samples), "--calib-seqlen", str(args.seqlen), "--ppl",
                          test, *common, "--no-eval-before", *flags, "--json", str(target)])  # fmt: skip
                 r = json.loads(target.read_text())
-                rows.append({"method": method, "level": level, "stages": stage,
+                rows.append({"method": method, "level": level, "stages": stage, "allocation": args.allocation,
                              "ppl": next(iter(r["perplexity"].values())), "achieved": r["achieved_sparsity"],
                              "prune_s": r["prune_seconds"], "peak_rss_mb": r["peak_rss_mb"],
                              "recipe": r["recipe"]})  # fmt: skip

@@ -3,8 +3,9 @@
     nice -n 10 python bench/bench_zeroshot.py --task-data ../shared/data/zeroshot --limit 200 --out bench/out/zeroshot
 
 The embedded SmolLM2-135M-Instruct is loaded once; each configuration restores the dense weights, prunes in memory
-with `prunelab.prune` (8 x 512 tokens of Shakespeare, seed 0: cheap, the same for every method) and is scored by
-`prunelab.evaluation.zeroshot` on every task file of the folder (the first `--limit` examples of each) through
+with `prunelab.prune` (8 x 512 tokens of Shakespeare, seed 0: cheap, the same for every method; issue 15's best
+configurations `...+rec96` use the core protocol's 32 x 512 of wikitext-2/valid.txt, next to --task-data) and is
+scored by `prunelab.evaluation.zeroshot` on every task file of the folder (the first `--limit` examples of each) through
 lm-evaluation-harness, without saving or reloading. One JSON per configuration is written as soon as it is done, so
 an interrupted run resumes where it stopped; the script ends by printing a markdown table from those files.
 """
@@ -23,7 +24,13 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "wanda-50%": {"method": "wanda", "sparsity": 0.5},
     "sparsegpt-50%": {"method": "sparsegpt", "sparsity": 0.5},
     "wanda-2:4": {"method": "wanda", "pattern": "2:4"},
-}
+    # issue 15's best configurations, pruned with the core protocol (32 x 512 of wikitext-2/valid.txt, seed 0)
+    "sparsegpt-50%+rec96": {"method": "sparsegpt", "sparsity": 0.5, "stages": ["reconstruct"],
+                            "reconstruct_steps": 96, "calib": "{wikitext_valid}", "calib_samples": 32},
+    "sparsegpt-2:4+rec96": {"method": "sparsegpt", "pattern": "2:4", "stages": ["reconstruct"],
+                            "reconstruct_steps": 96, "calib": "{wikitext_valid}", "calib_samples": 32},
+}  # fmt: skip
+CHEAP_CALIB = {"calib": "shakespeare", "calib_samples": 8, "calib_seqlen": 512, "seed": 0}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -37,7 +44,10 @@ def run(args: argparse.Namespace) -> None:
     plan = resolve_tasks(["all"], args.task_data)
     lm = None
     dense: dict[str, torch.Tensor] = {}
+    wikitext_valid = str(args.task_data.parent / "wikitext-2" / "valid.txt")
     for name, settings in CONFIGS.items():
+        if args.configs and name not in args.configs:
+            continue
         out = args.out / f"{name.replace(':', '-').replace('%', '')}.json"
         if out.exists():
             continue
@@ -47,7 +57,9 @@ def run(args: argparse.Namespace) -> None:
         lm.model.load_state_dict(dense)
         report: dict[str, Any] = {"config": name}
         if settings is not None:
-            cfg = PruneConfig(**settings, calib="shakespeare", calib_samples=8, calib_seqlen=512, seed=0)
+            given = {k: v.format(wikitext_valid=wikitext_valid) if isinstance(v, str) else v
+                     for k, v in settings.items()}  # fmt: skip
+            cfg = PruneConfig(**{**CHEAP_CALIB, **given})
             result = prune(lm.model, cfg, tokenizer=lm.tokenizer)
             report.update(prune_seconds=result.seconds, achieved_sparsity=result.achieved_sparsity)
         start = time.perf_counter()
@@ -64,7 +76,7 @@ def run(args: argparse.Namespace) -> None:
 
 def table(folder: Path) -> str:
     reports = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    reports.sort(key=lambda r: list(CONFIGS).index(r["config"]))
+    reports.sort(key=lambda r: list(CONFIGS).index(r["config"]))  # every file of the folder, run now or before
     if not reports:
         return "(no results yet)"
     tasks = list(reports[0]["zeroshot"])
@@ -99,6 +111,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("bench/out/zeroshot"))
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--configs", nargs="*", choices=list(CONFIGS), help="run only these (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)

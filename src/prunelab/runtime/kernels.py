@@ -8,6 +8,8 @@ weights are one contiguous row):
   per token; no copy. At batch 1 that is one bag, and embedding_bag parallelises over bags: one thread.
 - `embedding_bag_split`: batch 1 only, the kept channels cut into one bag per intra-op thread, bags summed after:
   the same bytes, read by every thread.
+- `fused`: threshold, gather and multiply in one compiled call (`runtime.fused`; built once per machine, absent
+  where it cannot be built): no Python or small torch ops per layer beyond the call itself.
 - `dense`: the original layer on the thresholded input (same maths, full price).
 
 Weight-sparse: `csr` (torch.sparse_csr matrix-vector / matrix products) against `dense`.
@@ -41,10 +43,11 @@ import torch.nn.functional as F
 
 from prunelab.errors import did_you_mean
 from prunelab.measurement.timing import summarize, time_runs
+from prunelab.runtime import fused
 
 log = logging.getLogger(__name__)
 
-ACT_KERNELS = ("dense", "index_select", "embedding_bag", "embedding_bag_split")
+ACT_KERNELS = ("dense", "index_select", "embedding_bag", "embedding_bag_split", "fused")
 WEIGHT_KERNELS = ("dense", "csr")
 ROW_BUCKETS = (1, 2, 4, 8)
 
@@ -144,6 +147,11 @@ def embedding_bag_split_kernel(
     return embedding_bag_kernel(x2, keep, wt, bias, max(1, torch.get_num_threads()), picked)
 
 
+def fused_usable(dtype: torch.dtype) -> bool:
+    """The compiled kernel is built here (or can be) and takes this dtype."""
+    return dtype in fused.DTYPES and fused.available()
+
+
 SPARSE_ACT: dict[str, Callable[..., torch.Tensor]] = {
     "index_select": index_select_kernel,
     "embedding_bag": embedding_bag_kernel,
@@ -195,13 +203,17 @@ def _median_seconds(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
     return summarize(seconds).median
 
 
-def sample_input(in_features: int, rows: int, keep: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random (rows, in) input and the mask that keeps about `keep` of each row (largest |x| kept)."""
+def sample_input(
+    in_features: int, rows: int, keep: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A random (rows, in) input, one threshold that keeps about `keep` of its entries (|x| > threshold, as the
+    runtime applies it: one threshold per layer) and that mask."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, in_features, generator=gen)
-    k = max(1, min(in_features, round(keep * in_features)))
-    cut = x.abs().topk(k, dim=1).values[:, -1:]
-    return x, x.abs() >= cut
+    flat = x.abs().flatten().sort(descending=True).values
+    k = max(1, min(flat.numel(), round(keep * flat.numel())))
+    threshold = float(flat[k]) if k < flat.numel() else 0.0
+    return x, x.abs() > threshold, threshold
 
 
 def measure_act_kernels(
@@ -216,7 +228,7 @@ def measure_act_kernels(
 ) -> dict[str, float]:
     """Median seconds per token of one pass over every layer of a shape, per kernel (weights out of cache)."""
     in_f = weights_t[0].shape[0]
-    x, mask = sample_input(in_f, rows, keep)
+    x, mask, threshold = sample_input(in_f, rows, keep)
     x = x.to(weights_t[0].dtype).to(weights_t[0].device)
     mask = mask.to(x.device)
     xm = x.masked_fill(~mask, 0.0)
@@ -224,11 +236,18 @@ def measure_act_kernels(
     for name in kernels:
         if name == "embedding_bag_split" and (rows > 1 or torch.get_num_threads() == 1):
             continue
+        if name == "fused" and not fused_usable(x.dtype):
+            continue
         if name == "dense":
 
             def run(fs=dense) -> None:
                 for f in fs:
                     f(xm)
+        elif name == "fused":
+
+            def run() -> None:
+                for wt, b in zip(weights_t, biases, strict=True):
+                    fused.fused_kernel(x, wt, b, threshold)
         else:
             fn = SPARSE_ACT[name]
 

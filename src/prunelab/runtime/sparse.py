@@ -31,6 +31,7 @@ from transformers.pytorch_utils import Conv1D
 
 from prunelab.errors import PrunelabError
 from prunelab.models import is_prunable
+from prunelab.runtime import fused
 from prunelab.runtime import kernels as K
 from prunelab.runtime.thresholds import CALIBRATE_HINT, ThresholdTable
 
@@ -101,6 +102,16 @@ class ActivationSparseLinear(nn.Module):
         self.kernels = dict(kernels)
         self.beyond = beyond
         self._buckets = tuple(sorted(self.kernels.items()))  # looked up on every call: sorted once here
+        # Decode steps of up to `_fused_rows` rows go straight to the compiled kernel (0: never): one dict lookup
+        # and one call per layer, since at ~3 us a call the Python around it is a measurable part of a step.
+        rows = 0
+        for bucket, kernel in self._buckets:
+            if kernel != "fused":
+                break
+            rows = bucket
+        if self._buckets and rows == self._buckets[-1][0] and beyond == "fused":
+            rows = 1 << 62
+        self._fused_rows = rows if self.threshold > 0.0 else 0
 
     def kernel_for(self, rows: int) -> str:
         for bucket, kernel in self._buckets:
@@ -109,14 +120,20 @@ class ActivationSparseLinear(nn.Module):
         return self.beyond
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and x.shape[1] == 1 and x.shape[0] <= self._fused_rows:
+            y = fused.fused_kernel(x.reshape(x.shape[0], -1), self._buffers["weight_t"], self._parameters["bias"],
+                                   self.threshold)  # fmt: skip
+            return y.view(x.shape[0], 1, -1)
         if self.threshold <= 0.0:
             return self.original.forward(x)
         positions = x.shape[-2] if x.dim() >= 3 else 1
         if positions > 1 and self.prefill == "dense":
             return self.original.forward(x)
         x2 = x.reshape(-1, self.in_features)
-        picked = self.selection.pick(x, x2, self.threshold)
         kernel = "dense" if positions > 1 else self.kernel_for(x2.shape[0])
+        if kernel == "fused":  # thresholds and gathers itself: nothing shared with the group is needed
+            return fused.fused_kernel(x2, self.weight_t, self.bias, self.threshold).view(*x.shape[:-1], -1)
+        picked = self.selection.pick(x, x2, self.threshold)
         if kernel == "dense":
             return self.original.forward(x.masked_fill(~picked.keep.view(x.shape), 0.0))
         y = K.SPARSE_ACT[kernel](x2, picked.keep, self.weight_t, self.bias, picked=picked, buffer=self.gather_buffer)
@@ -232,6 +249,18 @@ def _choose(
     return measured
 
 
+def _check_fused(mods: dict[str, ActivationSparseLinear]) -> None:
+    """A fixed or custom choice of "fused" needs the compiled kernel and a dtype it takes: say so before any swap."""
+    for name, m in mods.items():
+        if "fused" in (m.beyond, *m.kernels.values()):
+            fused.require()
+            if m.weight_t.dtype not in fused.DTYPES:
+                raise PrunelabError(
+                    f"kernel 'fused' takes float32/float64 weights and '{name}' is {m.weight_t.dtype}; "
+                    "use --sparse-kernels auto"
+                )
+
+
 def _share_buffers(mods: dict[str, ActivationSparseLinear]) -> int:
     """One (in, out) gather buffer per shape for the layers that may run index_select; returns how many."""
     buffers: dict[tuple[Any, ...], torch.Tensor] = {}
@@ -279,6 +308,7 @@ def apply_activation_sparsity(
         for name in g.layers:
             mods[name] = ActivationSparseLinear(layers[name], thresholds[name], selection, prefill)
     measured = _choose(mods, keep_of, choice, tuple(sorted(rows)), measure_repeats)
+    _check_fused(mods)
     _share_buffers(mods)
     handle = RuntimeHandle(model)
     for name, mod in mods.items():
