@@ -385,7 +385,7 @@ def _category(name: str) -> str:
 def profile_section(args: argparse.Namespace) -> dict[str, Any]:
     """Decode steps (1 token, cache of `prompt_len`), dense and at one level: op time by category, per step
     (the mean of `--profile-steps` profiled steps: one step alone is too noisy on this VM)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import record_function
 
     from prunelab.runtime import fused
 
@@ -400,7 +400,16 @@ def profile_section(args: argparse.Namespace) -> dict[str, Any]:
         with record_function("prunelab::fused"):
             return plain(*a)
 
-    fused.fused_kernel = recorded  # type: ignore[assignment]  # profiling only; restored below
+    fused.fused_kernel = recorded  # type: ignore[assignment]  # profiling only
+    try:
+        return _profile_runs(args, model, table, ids)
+    finally:
+        fused.fused_kernel = plain  # type: ignore[assignment]
+
+
+def _profile_runs(args: argparse.Namespace, model: torch.nn.Module, table: Any, ids: torch.Tensor) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile, record_function
+
     head = model.get_output_embeddings()
     results: dict[str, Any] = {}
     for label, level in (("dense", None), (f"act {args.profile_level:g}", args.profile_level)):
@@ -449,7 +458,6 @@ def profile_section(args: argparse.Namespace) -> dict[str, Any]:
                 for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
             ],
         }
-    fused.fused_kernel = plain  # type: ignore[assignment]
     return results
 
 

@@ -201,10 +201,20 @@ def reason() -> str:
     return _state.get("reason", "")
 
 
-def require() -> Any:
+def usable(dtype: torch.dtype) -> bool:
+    """The kernel is built here (or can be) and takes this dtype: what "auto" asks before measuring it."""
+    return dtype in DTYPES and available()
+
+
+def require(dtype: torch.dtype | None = None, layer: str = "") -> Any:
+    """The compiled module, or the one-line reason an explicit choice of "fused" cannot run (here, or on `dtype`)."""
     module = load()
     if module is None:
         raise PrunelabError(f"kernel 'fused' is not available here: {reason()}; use --sparse-kernels auto")
+    if dtype is not None and dtype not in DTYPES:
+        raise PrunelabError(
+            f"kernel 'fused' takes float32/float64 weights and '{layer}' is {dtype}; use --sparse-kernels auto"
+        )
     return module
 
 

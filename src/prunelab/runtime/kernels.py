@@ -147,11 +147,6 @@ def embedding_bag_split_kernel(
     return embedding_bag_kernel(x2, keep, wt, bias, max(1, torch.get_num_threads()), picked)
 
 
-def fused_usable(dtype: torch.dtype) -> bool:
-    """The compiled kernel is built here (or can be) and takes this dtype."""
-    return dtype in fused.DTYPES and fused.available()
-
-
 SPARSE_ACT: dict[str, Callable[..., torch.Tensor]] = {
     "index_select": index_select_kernel,
     "embedding_bag": embedding_bag_kernel,
@@ -236,7 +231,7 @@ def measure_act_kernels(
     for name in kernels:
         if name == "embedding_bag_split" and (rows > 1 or torch.get_num_threads() == 1):
             continue
-        if name == "fused" and not fused_usable(x.dtype):
+        if name == "fused" and not fused.usable(x.dtype):
             continue
         if name == "dense":
 

@@ -253,12 +253,7 @@ def _check_fused(mods: dict[str, ActivationSparseLinear]) -> None:
     """A fixed or custom choice of "fused" needs the compiled kernel and a dtype it takes: say so before any swap."""
     for name, m in mods.items():
         if "fused" in (m.beyond, *m.kernels.values()):
-            fused.require()
-            if m.weight_t.dtype not in fused.DTYPES:
-                raise PrunelabError(
-                    f"kernel 'fused' takes float32/float64 weights and '{name}' is {m.weight_t.dtype}; "
-                    "use --sparse-kernels auto"
-                )
+            fused.require(m.weight_t.dtype, name)
 
 
 def _share_buffers(mods: dict[str, ActivationSparseLinear]) -> int:
