@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--ppl-windows", type=int, default=40)
     ap.add_argument("--reconstruct-steps", type=int, default=None, help="default: the config's")
+    ap.add_argument("--reconstruct-target", default="block", choices=["block", "model"],
+                    help="reconstruct: dense block on pruned inputs, or the dense model's hidden states; rows not "
+                    "'block' are named with it")  # fmt: skip
     ap.add_argument("--allocation", default="uniform", help="layer-wise allocation (e.g. alpha, owl); rows not "
                     "uniform are named with it")  # fmt: skip
     args = ap.parse_args()
@@ -65,12 +68,17 @@ def main() -> None:
         for level in args.levels:
             for stage in args.stages:
                 name = f"{method}-{level.replace(':', 'of').rstrip('%')}-{stage}"
+                rec = "--reconstruct" in STAGES[stage]
                 if args.allocation != "uniform":
                     name += f"-{args.allocation}"
+                if rec and args.reconstruct_target != "block":
+                    name += f"-target{args.reconstruct_target}"
                 target = out / f"{name}.json"
                 flags = list(STAGES[stage])
-                if args.reconstruct_steps and "--reconstruct" in flags:
+                if args.reconstruct_steps and rec:
                     flags += ["--reconstruct-steps", str(args.reconstruct_steps)]
+                if rec and args.reconstruct_target != "block":
+                    flags += ["--reconstruct-target", args.reconstruct_target]
                 if args.allocation != "uniform":
                     flags += ["--allocation", args.allocation]
                 if not target.exists():
@@ -79,6 +87,7 @@ def main() -> None:
                          test, *common, "--no-eval-before", *flags, "--json", str(target)])  # fmt: skip
                 r = json.loads(target.read_text())
                 rows.append({"method": method, "level": level, "stages": stage, "allocation": args.allocation,
+                             "reconstruct_target": args.reconstruct_target if rec else None,
                              "ppl": next(iter(r["perplexity"].values())), "achieved": r["achieved_sparsity"],
                              "prune_s": r["prune_seconds"], "peak_rss_mb": r["peak_rss_mb"],
                              "recipe": r["recipe"]})  # fmt: skip

@@ -137,6 +137,45 @@ def test_reconstruction_lowers_the_block_error_and_keeps_pruned_weights_zero(
     assert all(not p.requires_grad or p.grad is None for p in rec.parameters())
 
 
+@pytest.mark.parametrize("targets", [None, ["re:layers\\.1\\."]])
+def test_reconstruction_target_model_is_the_dense_models_hidden_states(targets, model_factory, monkeypatch) -> None:
+    """Target "model": block i is fitted to the dense model's own output of block i (not to the dense block run
+    on the pruned inputs), also when an earlier block has no selected layer and is never pruned."""
+    from prunelab.pruning.reconstruct import Reconstruct
+
+    calib = torch.randint(0, 320, (4, 16), generator=torch.Generator().manual_seed(5))
+    dense = model_factory("llama")
+    _, dense_blocks = find_blocks(dense)
+    reference: list[torch.Tensor] = []
+    handles = [b.register_forward_hook(lambda _m, _a, out: reference.append(out[0] if isinstance(out, tuple) else out))
+               for b in dense_blocks]  # fmt: skip
+    with torch.no_grad():
+        dense(calib)
+    for h in handles:
+        h.remove()
+    assert len(reference) == len(dense_blocks) == 2
+    seen: dict[int, torch.Tensor] = {}
+    capture = Reconstruct.capture
+
+    def spy(self, index, block, layers, inputs):
+        capture(self, index, block, layers, inputs)
+        if self._targets:
+            seen[index] = torch.cat(self._targets[0])
+
+    monkeypatch.setattr(Reconstruct, "capture", spy)
+    for target in ("model", "block"):
+        seen.clear()
+        cfg = PruneConfig(method="wanda", sparsity=0.6, stages=["reconstruct"], reconstruct_steps=4,
+                          reconstruct_lr=3e-3, calib_batch_size=2, reconstruct_target=target,
+                          targets=targets)  # fmt: skip
+        prune(model_factory("llama"), cfg, calib=calib)
+        assert sorted(seen) == ([1] if targets else [0, 1])
+        for i in seen:
+            close = torch.allclose(seen[i], reference[i], atol=1e-5)
+            # "block" sees the pruned model's inputs, which differ from the dense model's after a pruned block
+            assert close == (target == "model" or (i == 0 or (targets is not None and i == 1))), (target, i)
+
+
 def test_reconstruction_depends_on_the_seed_and_only_on_it(model_factory, calib) -> None:
     def run(seed: int) -> dict[str, torch.Tensor]:
         model = model_factory("llama")
@@ -178,7 +217,7 @@ def test_cli_prune_with_stages_records_the_recipe(tiny_folder, tmp_path, capsys,
     assert [s["name"] for s in recipe["stages"]] == ["dsnot", "reconstruct"]
     assert recipe["stages"][0]["dsnot_cycles"] == 50
     assert recipe["stages"][1] == {"name": "reconstruct", "reconstruct_steps": 2, "reconstruct_lr": 1e-4,
-                                   "reconstruct_scope": "block"}  # fmt: skip
+                                   "reconstruct_scope": "block", "reconstruct_target": "block"}  # fmt: skip
     assert recipe["calibration"] == {"source": corpus, "samples": 4, "seqlen": 32, "seed": 0}
     assert meta["config"]["stages"] == ["dsnot", "reconstruct"]
     assert [s["name"] for s in meta["stages"]] == ["dsnot", "reconstruct"] and meta["stages"][0]["swaps"] > 0

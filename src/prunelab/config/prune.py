@@ -17,6 +17,7 @@ from prunelab.errors import PrunelabError
 
 Allocation = Literal["uniform", "owl", "alpha"]
 ReconstructScope = Literal["block", "separate"]
+ReconstructTarget = Literal["block", "model"]
 ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
 AUTO = "auto"
 # `--owl-lambda auto` / `--owl-m auto`: the candidates searched (lambda 0 is uniform, so the search may keep it) and
@@ -29,7 +30,7 @@ DEFAULT_SPARSITY = 0.5
 # The PruneConfig fields each stage reads (`prunelab.pruning.stages`); the CLI and the recipe use this map.
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "dsnot": ("dsnot_cycles", "dsnot_threshold"),
-    "reconstruct": ("reconstruct_steps", "reconstruct_lr", "reconstruct_scope"),
+    "reconstruct": ("reconstruct_steps", "reconstruct_lr", "reconstruct_scope", "reconstruct_target"),
 }
 # Fields added after sweep stores existed: a point's identity omits them while at their default, so the ids of
 # every point that does not use them stay what they were (see `PruneConfig.identity`).
@@ -76,6 +77,11 @@ class PruneConfig(StrictModel):
     reconstruct_lr: float = Field(1e-4, gt=0.0, description="reconstruct: Adam learning rate")
     reconstruct_scope: ReconstructScope = Field(
         "block", description="reconstruct: match each block's output, or its attention and MLP outputs separately"
+    )
+    reconstruct_target: ReconstructTarget = Field(
+        "block",
+        description="reconstruct: targets from the dense block on the pruned model's inputs (block), or the dense "
+        "model's own hidden states (model: later blocks also correct the error of earlier ones)",
     )
 
     @field_validator("sparsity")

@@ -244,7 +244,7 @@ class LayerwisePruner(Pruner):
                 stats: dict[str, calibration.Statistic] = {}
                 if layers and inputs is not None and names:
                     stats = calibration.collect_statistics(block, layers, inputs, make_stat)
-                if layers and inputs is not None:
+                if inputs is not None:
                     for stage in self.reconstruct_stages:
                         stage.capture(i, block, layers, inputs)  # the dense block, before its layers are pruned
                 for name, module in layers.items():

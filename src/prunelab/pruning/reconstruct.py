@@ -8,7 +8,10 @@ the engine then propagates the reconstructed outputs to the next block.
 Scope "block" matches the block's output; "separate" matches the output of each module holding pruned layers
 (attention, then MLP, in the block's order) in turn, each with its own weights trainable, which the free-lunch
 paper finds nearly as good at lower cost. The dense targets are captured before the block's layers are pruned
-(`capture`). Each step uses one calibration batch, in an order drawn from the seed. Pruned weights stay exactly
+(`capture`). Target "block" runs the dense block on the pruned model's inputs, so each block only undoes its own
+error; target "model" runs it on the dense model's own hidden states, carried block to block beside the pruned ones
+(one more copy of the calibration activations, no extra forward), so a block also corrects what earlier blocks
+left. Each step uses one calibration batch, in an order drawn from the seed. Pruned weights stay exactly
 zero: their gradients are zeroed before each step (so Adam's moments stay zero) and the weights after it. The
 optimisation runs in float32 whatever the model's dtype.
 """
@@ -63,7 +66,11 @@ class Reconstruct(ReconstructStage):
     summary = "a few Adam steps on each block's kept weights to match the dense block's outputs (EBFT)"
 
     def capture(self, index: int, block: nn.Module, layers: dict[str, nn.Module], inputs: BlockInputs) -> None:
-        self._groups = groups(block, layers, self.cfg.reconstruct_scope)
+        model_target = self.cfg.reconstruct_target == "model"
+        if model_target and index == 0:
+            self._dense: list[torch.Tensor] = list(inputs.hidden)  # block 0 sees the same inputs either way
+        source = self._dense if model_target else inputs.hidden
+        self._groups = groups(block, layers, self.cfg.reconstruct_scope) if layers else []
         device = module_device(block)
         self._targets: list[list[torch.Tensor]] = [[] for _ in self._groups]
         seen: dict[int, torch.Tensor] = {}
@@ -71,12 +78,17 @@ class Reconstruct(ReconstructStage):
         def grab(module: nn.Module, _args: Any, out: Any) -> None:
             seen[id(module)] = _first(out).detach().float()
 
+        if not self._groups and not model_target:
+            return
         subs = [m for m, _ in self._groups if m is not block]
         with hooks([m.register_forward_hook(grab) for m in subs]), torch.no_grad():
-            for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
-                seen[id(block)] = _first(block(to_device(hidden, device), **to_device(kwargs, device))).float()
+            for b, (hidden, kwargs) in enumerate(zip(source, inputs.kwargs, strict=True)):
+                out = _first(block(to_device(hidden, device), **to_device(kwargs, device)))
+                seen[id(block)] = out.float()
                 for j, (module, _) in enumerate(self._groups):
                     self._targets[j].append(seen[id(module)])
+                if model_target:
+                    self._dense[b] = out.detach().to(hidden.device)  # the dense model's input to the next block
 
     def reconstruct(self, index: int, block: nn.Module, layers: dict[str, nn.Module], inputs: BlockInputs) -> None:
         dtype = next(block.parameters()).dtype

@@ -64,7 +64,8 @@ class ReconstructStage(Stage):
         return True  # it runs the block on the calibration inputs
 
     def capture(self, index: int, block: nn.Module, layers: dict[str, nn.Module], inputs: BlockInputs) -> None:
-        """Called before the block's layers are pruned (the block is still dense)."""
+        """Called before the block's layers are pruned (the block is still dense), for every block in order, also
+        one with no selected layer (`layers` empty), so a stage may carry state along the dense model."""
 
     @abstractmethod
     def reconstruct(self, index: int, block: nn.Module, layers: dict[str, nn.Module], inputs: BlockInputs) -> None:
