@@ -29,6 +29,9 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
                             "reconstruct_steps": 96, "calib": "{wikitext_valid}", "calib_samples": 32},
     "sparsegpt-2:4+rec96": {"method": "sparsegpt", "pattern": "2:4", "stages": ["reconstruct"],
                             "reconstruct_steps": 96, "calib": "{wikitext_valid}", "calib_samples": 32},
+    "sparsegpt-2:4+rec96-model": {"method": "sparsegpt", "pattern": "2:4", "stages": ["reconstruct"],
+                                  "reconstruct_steps": 96, "reconstruct_target": "model",
+                                  "calib": "{wikitext_valid}", "calib_samples": 32},
 }  # fmt: skip
 CHEAP_CALIB = {"calib": "shakespeare", "calib_samples": 8, "calib_seqlen": 512, "seed": 0}
 

@@ -36,6 +36,7 @@ SAMPLES = {
     "reconstruct_steps": 3,
     "reconstruct_lr": 1e-3,
     "reconstruct_scope": "separate",
+    "reconstruct_target": "model",
 }
 
 
