@@ -233,3 +233,27 @@ def test_exit_codes_and_registry_cleanup(tmp_path: Path) -> None:
     (stray / "f").write_text("partial")
     _util.cleanup_temp_paths()
     assert not stray.exists()
+
+
+FAILING_JOB = ["prune", "--model", "/nonexistent/dir", "--method", "wanda", "--out", "/nonexistent/out"]
+
+
+@pytest.mark.parametrize("argv", [["completion", "bash"], FAILING_JOB])
+def test_main_in_process_gives_back_the_callers_signal_handlers(argv: list[str], capsys) -> None:
+    """main() installs its SIGTERM/SIGINT handlers for the job only: a caller that runs it in-process (a test, a
+    notebook, another tool) finds its own handlers afterwards, whether the job succeeded or failed."""
+    from prunelab import cli
+
+    def mine(signum, frame):  # a caller's handler, distinct from every default
+        raise AssertionError("not called")
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for s in previous:
+            signal.signal(s, mine)
+        cli.main(argv)
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -3,13 +3,13 @@
 Atomic writes matter because a run can be killed at any moment: a user must find either the old result or the new
 one, never half of one. Everything is written to a temporary sibling and renamed into place.
 
-Interrupts: `install_signal_handlers()` (called once by the CLI's main) turns SIGTERM into `Terminated`, a
-`KeyboardInterrupt` subclass, so `kill PID` unwinds the stack like Ctrl-C does and every `except BaseException`
-cleanup below runs; both exit codes follow the shell's 128 + signal number (130 for SIGINT, 143 for SIGTERM, see
-`interrupt_exit_code`). Temporary paths are also kept in a registry that is emptied at exit (`cleanup_temp_paths`),
-for paths whose own cleanup could not run. The two renames that swap a new output for an old one are a critical
-section: a signal arriving there is held until both are done, so a user never finds the old output moved aside
-and the new one not yet in place.
+Interrupts: `install_signal_handlers()` (called by the CLI's main, which gives the caller's handlers back when it
+returns) turns SIGTERM into `Terminated`, a `KeyboardInterrupt` subclass, so `kill PID` unwinds the stack like
+Ctrl-C does and every `except BaseException` cleanup below runs; both exit codes follow the shell's 128 + signal
+number (130 for SIGINT, 143 for SIGTERM, see `interrupt_exit_code`). Temporary paths are also kept in a registry
+that is emptied at exit (`cleanup_temp_paths`), for paths whose own cleanup could not run. The two renames that
+swap a new output for an old one are a critical section: a signal arriving there is held until both are done, so a
+user never finds the old output moved aside and the new one not yet in place.
 """
 
 from __future__ import annotations
@@ -85,17 +85,27 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     _raise_for(signum)
 
 
-def install_signal_handlers() -> None:
+def install_signal_handlers() -> dict[int, Any]:
     """SIGTERM -> `Terminated`, SIGINT -> KeyboardInterrupt, both held back inside `critical_section()`; temp
-    paths left registered are removed at exit. Main thread only (signal.signal's rule); a no-op elsewhere."""
+    paths left registered are removed at exit. Main thread only (signal.signal's rule); a no-op elsewhere.
+    Returns the handlers it replaced, for `restore_signal_handlers` (so a `main()` run inside another program,
+    or a test, leaves that program's own handling of SIGTERM as it found it)."""
     global _atexit_registered
     if threading.current_thread() is not threading.main_thread():
-        return
+        return {}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
     if not _atexit_registered:  # main() may run many times in one process (tests)
         atexit.register(cleanup_temp_paths)
         _atexit_registered = True
+    return previous
+
+
+def restore_signal_handlers(previous: dict[int, Any]) -> None:
+    """Put back what `install_signal_handlers` replaced (a no-op for its empty answer off the main thread)."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version (0) and bad flags (2): a return code, like every other outcome
         return e.code if isinstance(e.code, int) else 0
-    _util.install_signal_handlers()  # SIGTERM ends the job like Ctrl-C: temp paths removed, one line, exit 143
+    previous = _util.install_signal_handlers()  # SIGTERM ends the job like Ctrl-C: temp paths removed, exit 143
     try:
         return _run(args)
     except PrunelabError as e:
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or _util.Terminated for SIGTERM
         sys.stderr.write(_util.interrupt_message(e) + "\n")
         return _util.interrupt_exit_code(e)
+    finally:  # main() called in-process (tests, a notebook): its caller's handlers come back
+        _util.restore_signal_handlers(previous)
 
 
 def _run(args: argparse.Namespace) -> int:
