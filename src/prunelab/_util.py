@@ -93,7 +93,7 @@ def install_signal_handlers() -> dict[int, Any]:
     global _atexit_registered
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous: dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
     if not _atexit_registered:  # main() may run many times in one process (tests)
