@@ -63,8 +63,15 @@ def test_fused_in_the_layer_skips_the_shared_selection_and_decodes_like_dense() 
     assert sel.picked is None  # nothing was thresholded in Python
 
 
-def test_explicit_fused_without_the_kernel_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fused, "_state", {"module": None, "reason": "PRUNELAB_NO_COMPILE is set"})
+def test_explicit_fused_without_the_kernel_is_one_line() -> None:
+    built, why = fused.available(), fused.reason()
+    with fused.switched_off("PRUNELAB_NO_COMPILE is set"):
+        assert not fused.available()
+        _explicit_fused_without_the_kernel()
+    assert (fused.available(), fused.reason()) == (built, why)  # what was built comes back
+
+
+def _explicit_fused_without_the_kernel() -> None:
     model = make_model("llama")
     table = calibrate_thresholds(model, calib_ids())
     with pytest.raises(PrunelabError, match="kernel 'fused' is not available here: PRUNELAB_NO_COMPILE") as e:

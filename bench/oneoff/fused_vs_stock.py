@@ -13,6 +13,7 @@ better batch-1 matrix-vector product. Uniform allocation, the model-level protoc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from typing import Any
 
@@ -40,7 +41,6 @@ def main() -> None:
     set_threads(args.threads)
     if not fused.available():
         raise SystemExit(f"fused kernel unavailable: {fused.reason()}")
-    built = fused._state.copy()
     lm = load_model(args.model)
     model = lm.model
     calib = data.calibration_data(lm.tokenizer, args.calib, args.calib_samples, 512, seed=0)
@@ -60,16 +60,13 @@ def main() -> None:
             if level is None:
                 speeds[name].append(decode())
                 continue
-            fused._state.clear()
-            fused._state.update(built if with_fused else {"module": None, "reason": "stock run"})
-            handle = apply_activation_sparsity(model, table, level, kernels="auto")
-            try:
-                speeds[name].append(decode())
-                kernels.setdefault(name, handle.info["kernels_by_shape"])
-            finally:
-                handle.remove()
-        fused._state.clear()
-        fused._state.update(built)
+            with contextlib.nullcontext() if with_fused else fused.switched_off("stock run"):
+                handle = apply_activation_sparsity(model, table, level, kernels="auto")
+                try:
+                    speeds[name].append(decode())
+                    kernels.setdefault(name, handle.info["kernels_by_shape"])
+                finally:
+                    handle.remove()
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in speeds.items()), flush=True)
     dense = summarize(speeds["dense"]).median
     rows = {}

@@ -23,10 +23,12 @@ stock paths take the others).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +192,20 @@ def load() -> Any | None:
             log.warning("%s; using the stock kernels", _state["reason"])
     _state["module"] = module
     return module
+
+
+@contextlib.contextmanager
+def switched_off(reason: str = "switched off") -> Iterator[None]:
+    """Inside the block the kernel counts as not built (`reason()` says `reason`): an A/B against the stock kernels
+    in one process, or a test of the fallback, without touching how it was built; what was there comes back after."""
+    saved = _state.copy()
+    _state.clear()
+    _state.update(module=None, reason=reason)
+    try:
+        yield
+    finally:
+        _state.clear()
+        _state.update(saved)
 
 
 def available() -> bool:
