@@ -173,25 +173,32 @@ def test_accumulated_gradient_is_the_mean_over_micro_steps(monkeypatch) -> None:
     assert largest > 1e-3  # a doubled step would miss by this much: far outside the tolerance above
 
 
-def distributed_case(world: int) -> dict[str, torch.Tensor]:
-    """The same global batch of 2 windows per step: one process x 2 windows or two processes x 1 window."""
+def distributed_case(world: int, folder: str = "") -> dict[str, torch.Tensor]:
+    """The same global batch of 2 windows per step: one process x 2 windows or two processes x 1 window. With a
+    `folder` (shared by the ranks) the teacher is read from its top-k cache there: the main process builds and
+    writes it, the other waits and reads it."""
     student, _ = pruned()
-    cfg = RecoverConfig(tokens=3 * 2 * 16, seqlen=16, batch_size=2 // world, lr=3e-3, hidden_mse=0.1)
-    recover(student, cfg, windows(6), make_model("llama"))
+    extra = {"teacher_topk": 16, "checkpoint_every": 2} if folder else {"hidden_mse": 0.1}
+    cfg = RecoverConfig(tokens=3 * 2 * 16, seqlen=16, batch_size=2 // world, lr=3e-3, **extra)
+    record = recover(student, cfg, windows(6), make_model("llama"), folder or None)
+    if folder:
+        assert record["teacher_cache"]["used"]
     return {k: v.clone() for k, v in student.state_dict().items()}
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
-def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("teacher", ["forward", "topk-cache"])
+def test_two_gloo_processes_match_one_process(tmp_path: Path, teacher: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "rank0.pt"
+    folder = str(tmp_path / "two") if teacher == "topk-cache" else ""
     env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "tests" / "_recover_gloo.py")]
     procs = [
-        subprocess.Popen([*cmd, str(rank), str(port), str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, env=env, cwd=ROOT)
+        subprocess.Popen([*cmd, str(rank), str(port), str(out), folder], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         for rank in (0, 1)
     ]
     logs = [p.communicate(timeout=300)[0] for p in procs]
@@ -199,7 +206,7 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         pytest.skip("gloo unavailable here")
     assert not any(p.returncode for p in procs), "".join(logs)[-3000:]
     two = torch.load(out, weights_only=True)
-    one = distributed_case(world=1)
+    one = distributed_case(world=1, folder=str(tmp_path / "one") if folder else "")
     changed = [k for k in one if not torch.equal(one[k], pruned()[0].state_dict()[k])]
     assert changed  # training moved the weights, so agreement below means something
     for k in one:
