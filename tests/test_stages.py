@@ -64,6 +64,20 @@ def _correlated(seed: int, tokens: int = 600, width: int = 48) -> torch.Tensor:
     return torch.randn(tokens, width, generator=gen) @ mix + offset
 
 
+def _start(start: str, dense: torch.Tensor, weight: torch.Tensor, stat: Moments) -> tuple[Pattern, torch.Tensor]:
+    """The pattern and the starting mask a method named by `start` gives (sparsegpt also updates `weight`)."""
+    pattern = Pattern(*map(int, start.split(":"))) if ":" in start else UNSTRUCTURED
+    if start == "magnitude-row":
+        return pattern, per_row_mask(dense.abs(), 0.6)
+    if start == "magnitude-layer":
+        return pattern, per_layer_mask(dense.abs(), 0.6)
+    if start == "wanda":
+        return pattern, per_row_mask(dense.abs() * torch.diagonal(stat.matrix).sqrt(), 0.6)
+    if start == "sparsegpt":  # the kept weights are updated: errors are measured against the dense weight
+        return pattern, sparsegpt_prune(weight, stat.matrix, 0.6, pattern, SparseGPTOptions())[0]
+    return pattern, nm_mask(dense.abs(), pattern)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("start", ["magnitude-row", "magnitude-layer", "wanda", "2:4", "4:8", "sparsegpt"])
 def test_dsnot_never_increases_the_error_and_keeps_the_counts(seed: int, start: str) -> None:
@@ -72,17 +86,7 @@ def test_dsnot_never_increases_the_error_and_keeps_the_counts(seed: int, start: 
     dense = torch.randn(24, x.shape[1], generator=gen)
     stat = _moments(x)
     weight = dense.clone()
-    pattern = Pattern(*map(int, start.split(":"))) if ":" in start else UNSTRUCTURED
-    if start == "magnitude-row":
-        mask = per_row_mask(dense.abs(), 0.6)
-    elif start == "magnitude-layer":
-        mask = per_layer_mask(dense.abs(), 0.6)
-    elif start == "wanda":
-        mask = per_row_mask(dense.abs() * torch.diagonal(stat.matrix).sqrt(), 0.6)
-    elif start == "sparsegpt":  # the kept weights are updated: errors are measured against the dense weight
-        mask, _ = sparsegpt_prune(weight, stat.matrix, 0.6, pattern, SparseGPTOptions())
-    else:
-        mask = nm_mask(dense.abs(), pattern)
+    pattern, mask = _start(start, dense, weight, stat)
     before = _direct_error(x, dense, weight, mask)
     new, swaps = dsnot_refine(weight, dense, mask, stat, pattern, cycles=50, threshold=0.0)
     after = _direct_error(x, dense, weight, new)
@@ -94,6 +98,68 @@ def test_dsnot_never_increases_the_error_and_keeps_the_counts(seed: int, start: 
         groups = new.reshape(new.shape[0], -1, pattern.m).sum(-1)
         assert bool((groups == pattern.m - pattern.n).all())
     assert layer_error(dense, weight, new, stat.matrix) == pytest.approx(after, rel=1e-3)
+
+
+def _dsnot_full_matrix(weight, dense, mask, stat, pattern, cycles, threshold):
+    """DSnoT as first written here: every cycle scores every (row, column) as the weight pruned in exchange, N:M by
+    masking columns outside the revived weight's group. The library now computes only the group's m columns under
+    N:M and carries the b^2 H_pp term: it must make exactly these swaps."""
+    rows, cols = weight.shape
+    h, mean, var = stat.matrix, stat.mean, stat.var.clamp_min(1e-12)
+    h_diag = torch.diagonal(h)
+    mask = mask.clone()
+    kept = weight.masked_fill(mask, 0.0)
+    hd = (dense - kept) @ h
+    err = (hd * (dense - kept)).sum(1)
+    eps = (dense - kept) @ mean
+    growth = dense * mean / var
+    tried = ~mask
+    group = torch.arange(cols) // pattern.m if pattern.is_nm else None
+    ar = torch.arange(rows)
+    active = torch.ones(rows, dtype=torch.bool)
+    swaps = 0
+    for _ in range(cycles):
+        active &= (eps.abs() > threshold) & (~tried).any(1) & (err > 0)
+        if not bool(active.any()):
+            break
+        g = (torch.sign(eps).unsqueeze(1) * growth).masked_fill(tried, float("-inf")).argmax(1)
+        a, h_g = dense[ar, g], h[g]
+        gain = -2 * a * hd[ar, g] + a * a * h_diag[g]
+        change = gain.unsqueeze(1) + 2 * kept * (hd - a.unsqueeze(1) * h_g) + kept.square() * h_diag
+        allowed = ~mask if group is None else ~mask & (group.unsqueeze(0) == group[g].unsqueeze(1))
+        change = change.masked_fill(~allowed, float("inf"))
+        p = change.argmin(1)
+        best = change[ar, p]
+        accept = active & (best < -1e-6 * err)
+        tried[ar[active], g[active]] = True
+        if not bool(accept.any()):
+            continue
+        r, g, p, a = ar[accept], g[accept], p[accept], a[accept]
+        b = kept[r, p]
+        hd[r] += b.unsqueeze(1) * h[p] - a.unsqueeze(1) * h_g[accept]
+        eps[r] += b * mean[p] - a * mean[g]
+        err[r] += best[accept]
+        kept[r, g], kept[r, p] = a, 0.0
+        mask[r, g], mask[r, p] = False, True
+        tried[r, p] = True
+        weight[r, g] = a
+        swaps += int(accept.sum())
+    return mask, swaps
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("start", ["magnitude-row", "wanda", "2:4", "4:8", "sparsegpt"])
+def test_dsnot_makes_the_same_swaps_as_the_full_matrix_formulation(seed: int, start: str) -> None:
+    x = _correlated(seed, width=64)
+    dense = torch.randn(40, 64, generator=torch.Generator().manual_seed(200 + seed))
+    stat = _moments(x)
+    weight = dense.clone()
+    pattern, mask = _start(start, dense, weight, stat)
+    ref_weight = weight.clone()
+    new, swaps = dsnot_refine(weight, dense, mask, stat, pattern, cycles=40, threshold=0.0)
+    ref, ref_swaps = _dsnot_full_matrix(ref_weight, dense, mask, stat, pattern, cycles=40, threshold=0.0)
+    assert swaps == ref_swaps > 0
+    assert torch.equal(new, ref) and torch.equal(weight, ref_weight)
 
 
 def _block0_error(model, dense, calib) -> float:

@@ -47,7 +47,7 @@ def dsnot_refine(
 ) -> tuple[torch.Tensor, int]:
     """(new mask, swaps made) for a float32 (out, in) `weight` (revived entries are set in place to their dense
     value); `mask` is True where pruned. Counts per row and N:M groups are kept exactly."""
-    rows, cols = weight.shape
+    rows = weight.shape[0]
     h = stat.matrix
     mean, var = stat.mean, stat.var.clamp_min(1e-12)
     h_diag = torch.diagonal(h)
@@ -59,8 +59,12 @@ def dsnot_refine(
     eps = delta @ mean  # expected error per row
     growth = dense * mean / var  # DSnoT's growth criterion, before the sign of eps
     tried = ~mask  # growth candidates: pruned weights not tried yet
-    group = torch.arange(cols, device=weight.device) // pattern.m if pattern.is_nm else None
     ar = torch.arange(rows, device=weight.device)
+    # Under N:M the weight pruned in exchange lies in the revived weight's group of m columns: the change below
+    # is computed on those m columns only (rows x m, not rows x in). Unstructured, it is any kept weight of the row;
+    # the kept^2 H_pp term is then carried (it changes only at swapped entries) instead of recomputed each cycle.
+    span = torch.arange(pattern.m, device=weight.device) if pattern.is_nm else None
+    kept_sq_h = None if pattern.is_nm else kept.square() * h_diag
     active = torch.ones(rows, dtype=torch.bool, device=weight.device)
     swaps = 0
     for _ in range(cycles):
@@ -70,29 +74,37 @@ def dsnot_refine(
         score = (torch.sign(eps).unsqueeze(1) * growth).masked_fill(tried, float("-inf"))
         g = score.argmax(1)
         a = dense[ar, g]  # the revived value
-        h_g = h[g]  # (rows, in)
-        # Change of the row's error for reviving g and pruning p, for every p at once:
+        # Change of the row's error for reviving g and pruning p, for every candidate p at once:
         # -2 a hd_g + a^2 H_gg + 2 b_p (hd_p - a H_gp) + b_p^2 H_pp, with b_p the value p loses.
         gain = -2 * a * hd[ar, g] + a * a * h_diag[g]
-        change = gain.unsqueeze(1) + 2 * kept * (hd - a.unsqueeze(1) * h_g) + kept.square() * h_diag
-        allowed = ~mask
-        if group is not None:
-            allowed = allowed & (group.unsqueeze(0) == group[g].unsqueeze(1))
-        change = change.masked_fill(~allowed, float("inf"))
-        p = change.argmin(1)
-        best = change[ar, p]
+        if span is not None:
+            cand = (g // pattern.m * pattern.m).unsqueeze(1) + span  # (rows, m): the columns of g's group
+            b_c = kept.gather(1, cand)
+            change = gain.unsqueeze(1) + 2 * b_c * (hd.gather(1, cand) - a.unsqueeze(1) * h[g.unsqueeze(1), cand]) \
+                + b_c.square() * h_diag[cand]
+            change = change.masked_fill(mask.gather(1, cand), float("inf"))
+            j = change.argmin(1)
+            p, best = cand[ar, j], change[ar, j]
+        else:
+            h_g = h[g]  # (rows, in)
+            change = gain.unsqueeze(1) + 2 * kept * (hd - a.unsqueeze(1) * h_g) + kept_sq_h
+            change = change.masked_fill(mask, float("inf"))
+            p = change.argmin(1)
+            best = change[ar, p]
         accept = active & (best < -1e-6 * err)  # a clear decrease, not float noise
         tried[ar[active], g[active]] = True
         if not bool(accept.any()):
             continue
         r, g, p, a = ar[accept], g[accept], p[accept], a[accept]
         b = kept[r, p]
-        hd[r] += b.unsqueeze(1) * h[p] - a.unsqueeze(1) * h_g[accept]
+        hd[r] += b.unsqueeze(1) * h[p] - a.unsqueeze(1) * h[g]
         eps[r] += b * mean[p] - a * mean[g]
         err[r] += best[accept]
         delta[r, g] -= a
         delta[r, p] += b
         kept[r, g], kept[r, p] = a, 0.0
+        if kept_sq_h is not None:
+            kept_sq_h[r, g], kept_sq_h[r, p] = a * a * h_diag[g], 0.0
         mask[r, g], mask[r, p] = False, True
         tried[r, p] = True  # a weight pruned by a swap is not grown back
         weight[r, g] = a
