@@ -4,7 +4,8 @@
 
 The embedded SmolLM2-135M-Instruct is loaded once; each configuration restores the dense weights, prunes in memory
 with `prunelab.prune` (8 x 512 tokens of Shakespeare, seed 0: cheap, the same for every method; issue 15's best
-configurations `...+rec96` use the core protocol's 32 x 512 of wikitext-2/valid.txt, next to --task-data) and is
+configurations `...+rec96` and their controls without reconstruction `...-wt` use the core protocol's 32 x 512
+of wikitext-2/valid.txt, next to --task-data) and is
 scored by `prunelab.evaluation.zeroshot` on every task file of the folder (the first `--limit` examples of each) through
 lm-evaluation-harness, without saving or reloading. One JSON per configuration is written as soon as it is done, so
 an interrupted run resumes where it stopped; the script ends by printing a markdown table from those files.
@@ -32,6 +33,9 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "sparsegpt-2:4+rec96-model": {"method": "sparsegpt", "pattern": "2:4", "stages": ["reconstruct"],
                                   "reconstruct_steps": 96, "reconstruct_target": "model",
                                   "calib": "{wikitext_valid}", "calib_samples": 32},
+    # their controls: the same method and calibration without the reconstruction stage
+    "sparsegpt-50%-wt": {"method": "sparsegpt", "sparsity": 0.5, "calib": "{wikitext_valid}", "calib_samples": 32},
+    "sparsegpt-2:4-wt": {"method": "sparsegpt", "pattern": "2:4", "calib": "{wikitext_valid}", "calib_samples": 32},
 }  # fmt: skip
 CHEAP_CALIB = {"calib": "shakespeare", "calib_samples": 8, "calib_seqlen": 512, "seed": 0}
 
