@@ -100,8 +100,6 @@ def dsnot_refine(
         hd[r] += b.unsqueeze(1) * h[p] - a.unsqueeze(1) * h[g]
         eps[r] += b * mean[p] - a * mean[g]
         err[r] += best[accept]
-        delta[r, g] -= a
-        delta[r, p] += b
         kept[r, g], kept[r, p] = a, 0.0
         if kept_sq_h is not None:
             kept_sq_h[r, g], kept_sq_h[r, p] = a * a * h_diag[g], 0.0
