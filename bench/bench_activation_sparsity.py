@@ -374,8 +374,15 @@ def print_models(rows: list[dict[str, Any]]) -> None:
 def _category(name: str) -> str:
     if name in ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm", "aten::mv"):
         return "matmul"
-    if name in ("aten::embedding_bag", "aten::_embedding_bag", "aten::_embedding_bag_forward_only",
-                "aten::index_select", "aten::_sparse_csr_mm", "aten::addmv", "prunelab::fused"):
+    if name in (
+        "aten::embedding_bag",
+        "aten::_embedding_bag",
+        "aten::_embedding_bag_forward_only",
+        "aten::index_select",
+        "aten::_sparse_csr_mm",
+        "aten::addmv",
+        "prunelab::fused",
+    ):
         return "sparse gather"
     if "attention" in name or name in ("aten::softmax", "aten::_softmax"):
         return "attention"

@@ -110,8 +110,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         ro_path.mkdir()
         ro_path.chmod(0o555)
         ro = str(ro_path)
-    return {"base": str(base), "tiny": str(tiny), "gpt2": str(base / "gpt2"), "vocab400": str(base / "vocab400"),
-            "masked": str(masked), "trunc_st": str(trunc), "ro": ro, "noconfig": str(noconfig)}
+    return {
+        "base": str(base),
+        "tiny": str(tiny),
+        "gpt2": str(base / "gpt2"),
+        "vocab400": str(base / "vocab400"),
+        "masked": str(masked),
+        "trunc_st": str(trunc),
+        "ro": ro,
+        "noconfig": str(noconfig),
+    }
 
 
 M = ["--model", "{tiny}"]
@@ -219,8 +227,26 @@ CASES = [
     ("prune-alpha-reaches-1", [*prune(sparsity="0.9"), "--allocation", "alpha"], r"1 \+ alpha_eps"),
     (
         "prune-owl-auto-streaming",
-        ["prune", "--model", "{tiny}", "--streaming", "--method", "wanda", "--sparsity", "0.5", "--allocation", "owl",
-         "--owl-lambda", "auto", "--calib", "{base}/corpus.txt", "--calib-seqlen", "16", "--output", "{base}/st-a"],
+        [
+            "prune",
+            "--model",
+            "{tiny}",
+            "--streaming",
+            "--method",
+            "wanda",
+            "--sparsity",
+            "0.5",
+            "--allocation",
+            "owl",
+            "--owl-lambda",
+            "auto",
+            "--calib",
+            "{base}/corpus.txt",
+            "--calib-seqlen",
+            "16",
+            "--output",
+            "{base}/st-a",
+        ],
         "owl_lambda=auto does not prune block by block",
     ),
     # --- prune: stages
@@ -246,10 +272,16 @@ CASES = [
     ("prune-recover-tokens-0", [*SP, "--recover", "distill", "--recover-tokens", "0"], "tokens"),
     ("prune-recover-no-budget", [*SP, "--recover", "lora"], "--recover-tokens"),
     ("prune-recover-flag-without-mode", [*SP, "--recover-tokens", "32"], "need --recover"),
-    ("prune-recover-teacher-family", [*SP, "--recover", "distill", "--recover-tokens", "32", "--teacher", "{gpt2}"],
-     "'gpt2' model"),
-    ("prune-recover-output-exists", [*SP, "--recover", "distill", "--recover-tokens", "32", "--output",
-     "{base}/existing-out"], "already exists"),
+    (
+        "prune-recover-teacher-family",
+        [*SP, "--recover", "distill", "--recover-tokens", "32", "--teacher", "{gpt2}"],
+        "'gpt2' model",
+    ),
+    (
+        "prune-recover-output-exists",
+        [*SP, "--recover", "distill", "--recover-tokens", "32", "--output", "{base}/existing-out"],
+        "already exists",
+    ),
     ("recover-tokens-0", [*R[:-4], "--tokens", "0"], "tokens"),
     ("recover-tokens-negative", [*R[:-4], "--tokens", "-5"], "tokens"),
     ("recover-teacher-other-vocab", [*R[:2], "--teacher", "{vocab400}", *R[4:]], "different vocabularies"),
@@ -262,8 +294,11 @@ CASES = [
     ("recover-topk-over-vocab", [*R, "--teacher-topk", "100000"], "teacher_topk 100000 exceeds the teacher's vocab"),
     ("recover-topk-with-hidden-mse", [*R, "--teacher-topk", "8", "--hidden-mse", "0.1"], "not the hidden states"),
     ("recover-topk-lora", [R[0], R[1], *R[4:], "--mode", "lora", "--teacher-topk", "8"], "teacher_topk.*distill"),
-    ("prune-recover-topk-over-vocab", [*SP, "--recover", "distill", "--recover-tokens", "32",
-                                       "--recover-teacher-topk", "100000"], "exceeds the teacher's vocabulary"),
+    (
+        "prune-recover-topk-over-vocab",
+        [*SP, "--recover", "distill", "--recover-tokens", "32", "--recover-teacher-topk", "100000"],
+        "exceeds the teacher's vocabulary",
+    ),
     # --- eval
     ("eval-random-gguf", ["eval", "--model", "{base}/random.gguf"], "not a GGUF file"),
     ("eval-truncated-safetensors", ["eval", "--model", "{trunc_st}", *E[3:]], "could not load model"),

@@ -197,8 +197,14 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path, teacher: str) -> N
     env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "tests" / "_recover_gloo.py")]
     procs = [
-        subprocess.Popen([*cmd, str(rank), str(port), str(out), folder], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        subprocess.Popen(
+            [*cmd, str(rank), str(port), str(out), folder],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         for rank in (0, 1)
     ]
     logs = [p.communicate(timeout=300)[0] for p in procs]
@@ -220,10 +226,39 @@ def test_cli_prune_recover_and_recover_resume(tmp_path: Path, monkeypatch, capsy
     make_model("llama").save_pretrained(dense)
     make_tokenizer().save_pretrained(dense)
     (tmp_path / "c.txt").write_text(CORPUS)
-    common = ["--recover-tokens", "64", "--recover-data", str(tmp_path / "c.txt"), "--recover-seqlen", "16",
-              "--recover-batch-size", "2", "--ppl", str(tmp_path / "c.txt"), "--seqlen", "16", "--max-windows", "2"]
-    prune_args = ["prune", "--model", str(dense), "--method", "structured", "--sparsity", "0.25", "--target",
-                  "mlp", "--calib", str(tmp_path / "c.txt"), "--calib-samples", "2", "--calib-seqlen", "16"]
+    common = [
+        "--recover-tokens",
+        "64",
+        "--recover-data",
+        str(tmp_path / "c.txt"),
+        "--recover-seqlen",
+        "16",
+        "--recover-batch-size",
+        "2",
+        "--ppl",
+        str(tmp_path / "c.txt"),
+        "--seqlen",
+        "16",
+        "--max-windows",
+        "2",
+    ]
+    prune_args = [
+        "prune",
+        "--model",
+        str(dense),
+        "--method",
+        "structured",
+        "--sparsity",
+        "0.25",
+        "--target",
+        "mlp",
+        "--calib",
+        str(tmp_path / "c.txt"),
+        "--calib-samples",
+        "2",
+        "--calib-seqlen",
+        "16",
+    ]
     assert main([*prune_args, "--recover", "distill", *common, "--output", str(tmp_path / "p")]) == 0
     meta = json.loads((tmp_path / "p" / "prunelab.json").read_text())
     rec = meta["recovery"]

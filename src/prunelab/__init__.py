@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from prunelab.runtime.weights import load_sparse
 
 _LAZY = {
-    **dict.fromkeys(["bench", "bench_job", "eval_job", "evaluate", "prune", "prune_job", "sparsity_report"],
-                    "prunelab.api"),
+    **dict.fromkeys(
+        ["bench", "bench_job", "eval_job", "evaluate", "prune", "prune_job", "sparsity_report"], "prunelab.api"
+    ),
     **dict.fromkeys(["METHODS", "get_method"], "prunelab.pruning"),
     "PruneConfig": "prunelab.config",
     "load_model": "prunelab.models",

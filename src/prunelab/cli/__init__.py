@@ -32,7 +32,18 @@ from prunelab.cli._base import Formatter, Parser
 from prunelab.errors import PrunelabError
 
 SUBCOMMANDS = (
-    prune, recover, evaluate, bench, export, calibrate, generate, train_aware, sweep, report, methods, completion,
+    prune,
+    recover,
+    evaluate,
+    bench,
+    export,
+    calibrate,
+    generate,
+    train_aware,
+    sweep,
+    report,
+    methods,
+    completion,
 )
 
 

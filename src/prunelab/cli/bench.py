@@ -40,9 +40,14 @@ def register(sub: Any) -> None:
         add_field(p, BenchConfig, name)
     # --sparse-kernels [auto|off]: the CPU runtime's choice (RuntimeConfig); given explicitly as auto (or bare, as
     # before), it also runs 2:4 layers on sparse GPU kernels (BenchConfig.sparse_kernels, on a GPU only).
-    runtime_args(p, kernels_default=None, nargs="?", const="auto",
-                 help="CPU: CSR for a compact folder's weight-sparse layers above break-even and measured kernels for "
-                 "activation sparsity (default auto); GPU: given as auto, 2:4 layers on sparse kernels (sm80+)")
+    runtime_args(
+        p,
+        kernels_default=None,
+        nargs="?",
+        const="auto",
+        help="CPU: CSR for a compact folder's weight-sparse layers above break-even and measured kernels for "
+        "activation sparsity (default auto); GPU: given as auto, 2:4 layers on sparse kernels (sm80+)",
+    )
     add_field(p, BenchConfig, "size", "--no-size", action="store_false",
               help="skip writing checkpoints to measure size on disk")  # fmt: skip
     p.set_defaults(run=run)

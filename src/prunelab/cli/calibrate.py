@@ -10,8 +10,20 @@ from prunelab.cli._base import add_field, model_args, model_config, values
 from prunelab.config.base import build
 from prunelab.config.runtime import ActivationCalibConfig
 
-FIELDS = ["calib", "calib_samples", "calib_seqlen", "calib_batch_size", "seed", "allocation", "exclude", "levels",
-          "greedy_tokens", "greedy_step", "greedy_lazy", "cost_table"]
+FIELDS = [
+    "calib",
+    "calib_samples",
+    "calib_seqlen",
+    "calib_batch_size",
+    "seed",
+    "allocation",
+    "exclude",
+    "levels",
+    "greedy_tokens",
+    "greedy_step",
+    "greedy_lazy",
+    "cost_table",
+]
 
 
 def register(sub: Any) -> None:

@@ -15,18 +15,33 @@ from prunelab.errors import PrunelabError
 def register(sub: Any) -> None:
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model")
     model_args(p, device_map=True, runtime=True)
-    add_field(p, EvalConfig, "ppl", default=None,
-              help="sources: wikitext2[:PATH], shakespeare, FILE (default shakespeare; with --tasks, only those named)")
-    add_field(p, EvalConfig, "tasks", default=None,
-              help="zero-shot tasks, comma- or space-separated: lm-evaluation-harness names, or files of --task-data "
-              "(default none)")
+    add_field(
+        p,
+        EvalConfig,
+        "ppl",
+        default=None,
+        help="sources: wikitext2[:PATH], shakespeare, FILE (default shakespeare; with --tasks, only those named)",
+    )
+    add_field(
+        p,
+        EvalConfig,
+        "tasks",
+        default=None,
+        help="zero-shot tasks, comma- or space-separated: lm-evaluation-harness names, or files of --task-data "
+        "(default none)",
+    )
     add_field(p, EvalConfig, "task_data", help="offline: folder of NAME.jsonl task files ('--tasks all' = each)")
     add_field(p, EvalConfig, "limit", help="zero-shot: first N examples of each task")
     add_field(p, EvalConfig, "batch_size")
     add_field(p, EvalConfig, "seqlen")
-    add_field(p, EvalConfig, "max_windows", help="cap on windows per source (default: none, every window: "
-              "wikitext2's test split at --seqlen 512 has 595, ~1 s each for the default model on a quiet 2-core CPU; "
-              "`prune` evaluates 16); a run expected to last over a minute logs its estimate after the first batch")
+    add_field(
+        p,
+        EvalConfig,
+        "max_windows",
+        help="cap on windows per source (default: none, every window: "
+        "wikitext2's test split at --seqlen 512 has 595, ~1 s each for the default model on a quiet 2-core CPU; "
+        "`prune` evaluates 16); a run expected to last over a minute logs its estimate after the first batch",
+    )
     runtime_args(p)
     p.set_defaults(run=run)
 

@@ -54,10 +54,18 @@ def register(sub: Any) -> None:
         elif name == "stages":
             add_field(p, PruneConfig, name, metavar="STAGE", help="stages run with a layer-wise method, in order: "
                       + ", ".join(STAGES))  # fmt: skip
-            p.add_argument("--refine", action="append", default=[], metavar="STAGE",
-                           help="refine each layer's mask after the method, e.g. dsnot (adds it to --stages)")
-            p.add_argument("--reconstruct", action="store_true",
-                           help="block-wise reconstruction after each block is pruned (--reconstruct-steps)")
+            p.add_argument(
+                "--refine",
+                action="append",
+                default=[],
+                metavar="STAGE",
+                help="refine each layer's mask after the method, e.g. dsnot (adds it to --stages)",
+            )
+            p.add_argument(
+                "--reconstruct",
+                action="store_true",
+                help="block-wise reconstruction after each block is pruned (--reconstruct-steps)",
+            )
         elif name in STAGE_FLAGS:
             info = PruneConfig.model_fields[name]
             text = f"{info.description} (default: {info.get_default()}"

@@ -44,8 +44,9 @@ class StructuredOptions(NoOptions):
     iterative_steps: int = Field(1, ge=1, description="remove the target in N steps, re-scoring between them")
     compensate: bool = Field(False, description="FLAP bias compensation of the removed units' mean output")
     multiple_of: int = Field(
-        1, ge=1, description="round the kept MLP width to a multiple of N (32 lets llama.cpp quantize the MLP; "
-        "docs/gguf.md)"
+        1,
+        ge=1,
+        description="round the kept MLP width to a multiple of N (32 lets llama.cpp quantize the MLP; docs/gguf.md)",
     )
     recover_steps: int = Field(0, ge=0, description="LoRA fine-tune steps on the calibration windows (needs peft)")
     recover_lr: float = Field(2e-4, gt=0)
@@ -62,8 +63,9 @@ class TrajectoryOptions(NoOptions):
 class RiaOptions(NoOptions):
     alpha: float = Field(0.5, ge=0, description="exponent a of the input-activation norm ||x_j||^a")
     scope: Literal["row", "layer"] = Field(
-        "row", description="unstructured: rank within each output row (Wanda's group) or the whole layer (the "
-        "reference code's default)"
+        "row",
+        description="unstructured: rank within each output row (Wanda's group) or the whole layer (the "
+        "reference code's default)",
     )
     permute: bool | Literal["lsa"] = Field(
         True,

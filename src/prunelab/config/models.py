@@ -20,6 +20,7 @@ class ModelConfig(StrictModel):
     device: str = Field("cpu", description="cpu, cuda, cuda:1 ...")
     device_map: str | None = Field(None, description="auto: spread the model over the GPUs (accelerate)")
     runtime: Runtime = Field(
-        "torch", description="torch (any model) or llamacpp (a .gguf file, through llama-cpp-python: measure what "
-        "llama.cpp / Ollama users run)"
+        "torch",
+        description="torch (any model) or llamacpp (a .gguf file, through llama-cpp-python: measure what "
+        "llama.cpp / Ollama users run)",
     )

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'prunelab[eval]' (or pip install 'lm-eval>=0.4')"
 DEFAULT_BATCH_SIZE = 8  # 8 x a 300-token BoolQ prompt x 49k vocab = ~0.5 GB of float32 logits; 32 was only ~25% faster
 BOOTSTRAP_ITERS = 1000  # only LAMBADA's perplexity is bootstrapped; accuracies have a closed-form stderr
+
+
 @dataclass
 class TaskResult:
     """One task's scores. `acc_norm` is None where the task does not define it (WinoGrande, RTE, LAMBADA)."""

@@ -80,8 +80,11 @@ def dsnot_refine(
         if span is not None:
             cand = (g // pattern.m * pattern.m).unsqueeze(1) + span  # (rows, m): the columns of g's group
             b_c = kept.gather(1, cand)
-            change = gain.unsqueeze(1) + 2 * b_c * (hd.gather(1, cand) - a.unsqueeze(1) * h[g.unsqueeze(1), cand]) \
+            change = (
+                gain.unsqueeze(1)
+                + 2 * b_c * (hd.gather(1, cand) - a.unsqueeze(1) * h[g.unsqueeze(1), cand])
                 + b_c.square() * h_diag[cand]
+            )
             change = change.masked_fill(mask.gather(1, cand), float("inf"))
             j = change.argmin(1)
             p, best = cand[ar, j], change[ar, j]

@@ -198,9 +198,7 @@ def _median_seconds(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
     return summarize(seconds).median
 
 
-def sample_input(
-    in_features: int, rows: int, keep: float, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+def sample_input(in_features: int, rows: int, keep: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
     """A random (rows, in) input, one threshold that keeps about `keep` of its entries (|x| > threshold, as the
     runtime applies it: one threshold per layer) and that mask."""
     gen = torch.Generator().manual_seed(seed)

@@ -254,9 +254,7 @@ def _median(stats: Any) -> float | None:
     return stats.get("median") if isinstance(stats, dict) else None
 
 
-def measure_costs(
-    ctx: Context, model: nn.Module, gguf: Path | None = None
-) -> tuple[dict[str, float], dict[str, Any]]:
+def measure_costs(ctx: Context, model: nn.Module, gguf: Path | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Size, latency, energy and carbon through `prunelab.measurement.run_bench` (the `prunelab bench` report), or,
     given a GGUF, through llama.cpp (`runtime.llamacpp.bench`: the same protocol and report shape)."""
     m = ctx.cfg.measurement

@@ -29,6 +29,7 @@ from prunelab.sweep.store import PointRecord, ResultStore, crash_hook
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class SweepOutcome:
     """What one invocation did."""
