@@ -27,6 +27,14 @@ STAGES = {"alone": [], "dsnot": ["--refine", "dsnot"], "reconstruct": ["--recons
           "both": ["--refine", "dsnot", "--reconstruct"]}  # fmt: skip
 
 
+DEFAULT_METHODS = ["wanda", "sparsegpt", "ria"]
+
+
+def level_tag(level: str) -> str:
+    """A level as it appears in row file names: 50% -> 50, 2:4 -> 2of4 (bench/table_methods.py reads them back)."""
+    return level.replace(":", "of").rstrip("%")
+
+
 def level_flags(level: str) -> list[str]:
     return ["--pattern", level] if ":" in level else ["--sparsity", str(float(level.rstrip("%")) / 100)]
 
@@ -36,7 +44,7 @@ def main() -> None:
     ap.add_argument("--shared", default="../shared", help="folder holding data/wikitext-2*/")
     ap.add_argument("--out", default="bench/out/methods")
     ap.add_argument("--model", default=None, help="default: prunelab's default model (SmolLM2-135M)")
-    ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt", "ria"])
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     ap.add_argument("--levels", nargs="+", default=LEVELS, choices=LEVELS)
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     ap.add_argument("--calib-samples", type=int, default=32)
@@ -67,7 +75,7 @@ def main() -> None:
             continue
         for level in args.levels:
             for stage in args.stages:
-                name = f"{method}-{level.replace(':', 'of').rstrip('%')}-{stage}"
+                name = f"{method}-{level_tag(level)}-{stage}"
                 rec = "--reconstruct" in STAGES[stage]
                 if args.allocation != "uniform":
                     name += f"-{args.allocation}"

@@ -13,9 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-LEVELS = {"50%": "50", "60%": "60", "70%": "70", "2:4": "2of4", "4:8": "4of8"}
-STAGES = ("alone", "dsnot", "reconstruct", "both")
-METHODS = ("wanda", "sparsegpt", "ria")
+from bench_methods import DEFAULT_METHODS as METHODS
+from bench_methods import LEVELS, STAGES, level_tag
 
 
 def cell(path: Path) -> str:
@@ -26,7 +25,7 @@ def cell(path: Path) -> str:
 
 def table(folder: Path) -> tuple[str, int]:
     """Rows are method x stage; a row name with a suffix (e.g. `reconstruct-alpha-targetmodel`) is its own row."""
-    tags = {tag: level for level, tag in LEVELS.items()}
+    tags = {level_tag(level): level for level in LEVELS}
     found: dict[tuple[str, str], dict[str, Path]] = {}
     for path in sorted(folder.glob("*.json")):
         parts = path.stem.split("-", 2)
