@@ -23,7 +23,14 @@ from collections.abc import Callable
 import torch
 
 from prunelab import data, load_model
-from prunelab.calibration import Hessian, SquaredNorm, capture_block_inputs, collect_statistics, run_block
+from prunelab.calibration import (
+    Hessian,
+    SquaredNorm,
+    capture_block_inputs,
+    collect_statistics,
+    module_device,
+    run_block,
+)
 from prunelab.models import block_linears, find_blocks
 
 
@@ -47,13 +54,14 @@ def main() -> None:
         run_block(b, inputs, keep_outputs=True)
     block = blocks[args.block]
     layers = block_linears(block)
+    device = module_device(block)
     cases: dict[str, Callable[[], object]] = {
         "plain pass": lambda: run_block(block, inputs, keep_outputs=False),
         "squared-norm pass (Wanda)": lambda: collect_statistics(
-            block, layers, inputs, lambda m: SquaredNorm(m.in_features, torch.device("cpu"))
+            block, layers, inputs, lambda m: SquaredNorm(m.in_features, device)
         ),
         "Hessian pass (SparseGPT)": lambda: collect_statistics(
-            block, layers, inputs, lambda m: Hessian(m.in_features, torch.device("cpu"))
+            block, layers, inputs, lambda m: Hessian(m.in_features, device)
         ),
     }
     for fn in cases.values():  # warm-up
