@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from prunelab._util import write_json_atomic
+
 CONFIGS = [
     ("magnitude", "unstructured"),
     ("wanda", "unstructured"),
@@ -164,19 +166,9 @@ def main() -> None:
         )
     for label, ppl, windows, secs in full_rows:
         print(f"all windows @2048  {label:20s} ppl {ppl:.3f} ({windows} windows, {secs:.0f} s)")
-    (out / "summary.json").write_text(
-        json.dumps(
-            {
-                "floor_s": floor_s,
-                "floors": floors,
-                "dense_ppl": dense_ppl,
-                "rows": rows,
-                "full2048": full_rows,
-                "time": time.strftime("%Y-%m-%d %H:%M"),
-            },
-            indent=2,
-        )
-    )
+    summary = {"floor_s": floor_s, "floors": floors, "dense_ppl": dense_ppl, "rows": rows, "full2048": full_rows,
+               "time": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+    write_json_atomic(out / "summary.json", summary)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ end to end (capture, statistics, pruning, propagation). The floor is measured be
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
 from prunelab import PruneConfig, data, load_model, prune
+from prunelab._util import write_json_atomic
 
 
 def floor_seconds(model: torch.nn.Module, windows: torch.Tensor) -> float:
@@ -73,8 +73,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['config']:24s} {r['seconds']:8.1f} {r['seconds'] / floor:8.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"floor_s": floor, "floors": floors, "rows": rows}, f, indent=2)
+        write_json_atomic(args.json, {"floor_s": floor, "floors": floors, "rows": rows})
 
 
 if __name__ == "__main__":

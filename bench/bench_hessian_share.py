@@ -14,7 +14,6 @@ with a free solve, is (Hessian pass + plain pass) / (2 x plain pass).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -23,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from prunelab import data, load_model
+from prunelab._util import write_json_atomic
 from prunelab.calibration import (
     Hessian,
     SquaredNorm,
@@ -108,8 +108,7 @@ def main() -> None:
             "machine": platform.processor() or platform.machine(),
             "date": time.strftime("%Y-%m-%d"),
         }
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        write_json_atomic(args.json, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

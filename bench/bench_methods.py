@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench_core import run
 
+from prunelab._util import write_json_atomic
 from prunelab.pruning import METHODS
 
 LEVELS = ["50%", "60%", "70%", "2:4", "4:8"]
@@ -110,7 +111,7 @@ def main() -> None:
     summary = {"dense_ppl": dense_ppl, "rows": rows, "time": time.strftime("%Y-%m-%d %H:%M"),
                "protocol": {"calib": calib, "calib_samples": args.calib_samples, "seqlen": args.seqlen,
                             "ppl": test, "ppl_windows": args.ppl_windows}}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from prunelab._util import write_json_atomic
+
 
 def rss_kib(pid: int) -> int | None:
     try:
@@ -169,7 +171,7 @@ def main() -> None:
             flush=True,
         )
     summary = {"model": model_info, "runs": results, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(args.out / "summary.json", summary)
     print(f"wrote {args.out / 'summary.json'}")
     if any(r["returncode"] != 0 for r in results):
         sys.exit(1)
