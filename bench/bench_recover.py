@@ -35,9 +35,11 @@ from prunelab.models import save_model
 
 
 def ppl(model: torch.nn.Module, tok: Any, args: argparse.Namespace) -> dict[str, float]:
-    sources = [*([f"wikitext2:{args.wikitext}"] if args.wikitext else []), "shakespeare"]
+    sources = [*([f"wikitext2:{args.wikitext}"] if args.wikitext else []), "shakespeare",
+               *([args.heldout] if args.heldout else [])]  # fmt: skip
     res = evaluate(model, tok, sources, seqlen=args.eval_seqlen, max_windows=args.max_windows)
-    return {("wikitext2" if k.startswith("wikitext2") else k): v.perplexity for k, v in res.items()}
+    names = {f"wikitext2:{args.wikitext}": "wikitext2", args.heldout: "heldout"}
+    return {names.get(k, k): v.perplexity for k, v in res.items()}
 
 
 def decode_speedup(dense: torch.nn.Module, model: torch.nn.Module, args: argparse.Namespace) -> dict[str, float]:
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
         if not (folder / "prunelab.json").exists():
             student = copy.deepcopy(dense)
             cfg = PruneConfig(method="structured", sparsity=args.sparsity, calib_samples=8, calib_seqlen=args.seqlen,
-                              calib=args.data, options={"target": target})  # fmt: skip
+                              calib=args.calib or args.data, options={"target": target})  # fmt: skip
             result = prune(student, cfg, tokenizer=tok)
             save_model(student, tok, folder, {"removed_layers": result.extra["removed_layers"],
                        "achieved_reduction": result.extra["achieved_reduction"]}, overwrite=True)  # fmt: skip
@@ -80,19 +82,20 @@ def run(args: argparse.Namespace) -> None:
             for budget in args.budgets:
                 topk = args.teacher_topk if mode == "distill" else 0
                 name = f"{target}-{mode}-{budget}" + (f"-topk{topk}" if topk else "")
+                name += f"-lr{args.lr:g}" if args.lr else ""
                 if row_path(out, name).exists():
                     continue
                 student = load_model(str(folder)).model
                 cfg = RecoverConfig(mode=mode, tokens=budget, data=args.data, seqlen=args.seqlen,
                                     batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
-                                    teacher_topk=topk)  # fmt: skip
+                                    teacher_topk=topk, lr=args.lr)  # fmt: skip
                 saved = out / "models" / name.replace("+", "-")
                 rec = recover_model(student, tok, cfg, dense if mode == "distill" else None, saved,
                                     meta.get("removed_layers"), {"bench": name})  # fmt: skip
                 save_model(student, tok, saved, {**meta, "recovery": rec}, overwrite=True)
                 rec.pop("losses")
                 row = {"name": name, "target": target, "mode": mode, "tokens": budget, "teacher_topk": topk,
-                       "ppl": ppl(student, tok, args)}  # fmt: skip
+                       "lr": cfg.peak_lr, "ppl": ppl(student, tok, args)}  # fmt: skip
                 write_json_atomic(row_path(out, name), {**row, **speed(dense, student, args), "recovery": rec})
                 print_table(read_rows(out))
 
@@ -133,17 +136,17 @@ def read_rows(out: Path) -> list[dict[str, Any]]:
 def print_table(rows: list[dict[str, Any]]) -> None:
     """`wall s` is the training loop; `cache s` the teacher top-k cache (fingerprint + build or load), so a cached
     row costs their sum. A cached row's loss is the top-k KL, a lower bound of the full KL of uncached rows."""
-    print(f"{'row':34s} {'wikitext2':>10s} {'shakesp.':>9s} {'speedup':>8s} {'loss last':>10s} {'wall s':>8s} "
-          f"{'cache s':>8s} {'tok/s':>8s}")  # fmt: skip
+    print(f"{'row':34s} {'wikitext2':>10s} {'shakesp.':>9s} {'heldout':>8s} {'speedup':>8s} {'loss last':>10s} "
+          f"{'wall s':>8s} {'cache s':>8s} {'tok/s':>8s}")  # fmt: skip
     for r in rows:
         rec, p = r.get("recovery") or {}, r.get("ppl", {})
         cache = rec.get("teacher_cache") or {}
-        cells = [p.get("wikitext2", float("nan")), p.get("shakespeare", float("nan")),
+        cells = [p.get("wikitext2", float("nan")), p.get("shakespeare", float("nan")), p.get("heldout", float("nan")),
                  r.get("decode_speedup", float("nan")), rec.get("loss_last10_mean", float("nan")),
                  rec.get("seconds", float("nan")), cache.get("seconds", float("nan")),
                  rec.get("tokens_per_second", float("nan"))]  # fmt: skip
-        print(f"{r['name']:34s} {cells[0]:10.2f} {cells[1]:9.2f} {cells[2]:8.3f} {cells[3]:10.4f} {cells[4]:8.1f} "
-              f"{cells[5]:8.1f} {cells[6]:8.0f}")  # fmt: skip
+        print(f"{r['name']:34s} {cells[0]:10.2f} {cells[1]:9.2f} {cells[2]:8.2f} {cells[3]:8.3f} {cells[4]:10.4f} "
+              f"{cells[5]:8.1f} {cells[6]:8.1f} {cells[7]:8.0f}")  # fmt: skip
 
 
 def main() -> None:
@@ -151,6 +154,11 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--wikitext", default=None, help="wiki.test.raw for the WikiText-2 perplexity")
     ap.add_argument("--data", default="shakespeare", help="recovery and calibration text (its calibration split)")
+    ap.add_argument("--calib", default=None, help="pruning calibration text (default: --data)")
+    ap.add_argument("--heldout", default=None, help="a text source never trained on, for choosing settings "
+                    "(e.g. a held-out part of the training file); reported as `heldout`")  # fmt: skip
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: RecoverConfig's); "
+                    "rows get an -lrX suffix")  # fmt: skip
     ap.add_argument("--targets", nargs="+", default=["mlp+heads", "layers"])
     ap.add_argument("--sparsity", type=float, default=0.25)
     ap.add_argument("--modes", nargs="+", default=["distill", "lora"])

@@ -143,16 +143,31 @@ class SquaredNorm(Statistic):
         return self.sum_sq.sqrt()
 
 
+def native_bf16_matmul(device: torch.device) -> bool:
+    """Whether this device multiplies bfloat16 matrices natively and faster than float32: a CPU with
+    AVX512-BF16 or AMX (oneDNN says so). GPUs answer False on purpose: there the Hessian is a small part of the
+    prune time, so float32 costs nothing worth saving."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class Hessian(Statistic):
     """Running X^T X (in_features x in_features) in float32, divided by the token count on read (SparseGPT).
 
     X^T X is symmetric: only the upper block triangle of a 4 x 4 grid of column blocks is multiplied (10 of 16
     products) and mirrored on read. Measured on a 2-core CPU: 1.5x faster at width 576, 1.9x at 1536.
+
+    `matmul_dtype` bfloat16 multiplies each batch's products in bfloat16 (float32 accumulation inside the
+    product, its result rounded once to bfloat16) and adds them to the float32 running sum: on a CPU with
+    AVX512-BF16 about 3x faster than float32 at width 1536, where these products are about a quarter of
+    SparseGPT's prune time; the relative error of the sum is ~1e-3, ten times below SparseGPT's 1% dampening.
     """
 
-    def __init__(self, in_features: int, device: torch.device) -> None:
+    def __init__(self, in_features: int, device: torch.device, matmul_dtype: torch.dtype = torch.float32) -> None:
         super().__init__(in_features, device)
         self.xtx = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.matmul_dtype = matmul_dtype
         self._matrix: torch.Tensor | None = None
         n = min(4, max(1, in_features // 128))
         step = -(-in_features // n)
@@ -160,12 +175,15 @@ class Hessian(Statistic):
 
     def add(self, x: torch.Tensor) -> None:
         self._matrix = None
-        if len(self._edges) == 1:
-            self.xtx.addmm_(x.t(), x)
-        else:
-            for i, (a, b) in enumerate(self._edges):
-                xa_t = x[:, a:b].t()
-                for c, d in self._edges[i:]:
+        low = self.matmul_dtype != torch.float32
+        if low:
+            x = x.to(self.matmul_dtype)
+        for i, (a, b) in enumerate(self._edges):
+            xa_t = x[:, a:b].t()
+            for c, d in self._edges[i:]:
+                if low:
+                    self.xtx[a:b, c:d] += xa_t @ x[:, c:d]
+                else:
                     self.xtx[a:b, c:d].addmm_(xa_t, x[:, c:d])
         self.tokens += x.shape[0]
 
@@ -184,8 +202,8 @@ class Moments(Hessian):
     """The Hessian's X^T X plus the per-feature sum of x: mean, variance and second moment of a layer's inputs
     (DSnoT's expected error and its variance). A Hessian itself, so one pass serves a method that wants one."""
 
-    def __init__(self, in_features: int, device: torch.device) -> None:
-        super().__init__(in_features, device)
+    def __init__(self, in_features: int, device: torch.device, matmul_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(in_features, device, matmul_dtype)
         self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)
 
     def add(self, x: torch.Tensor) -> None:
@@ -212,7 +230,8 @@ class StatisticSet(Statistic):
     with a stage that wants moments still accumulates X^T X once.
     """
 
-    def __init__(self, names: list[str], in_features: int, device: torch.device) -> None:
+    def __init__(self, names: list[str], in_features: int, device: torch.device,
+                 hessian_dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
         super().__init__(in_features, device)
         classes = [STATISTICS[n] for n in names]
         self.parts: dict[str, Statistic] = {}
@@ -220,7 +239,8 @@ class StatisticSet(Statistic):
         for name, cls in zip(names, classes, strict=True):
             best = next((c for c in classes if issubclass(c, cls) and c is not cls), cls)
             if best not in made:
-                made[best] = best(in_features, device)
+                made[best] = (best(in_features, device, hessian_dtype) if issubclass(best, Hessian)
+                              else best(in_features, device))  # fmt: skip
             self.parts[name] = made[best]
         self._unique = list(made.values())
 

@@ -23,6 +23,11 @@ class SparseGPTOptions(NoOptions):
     dampening: float = Field(0.01, gt=0, description="fraction of the mean Hessian diagonal added to it")
     blocksize: int = Field(128, ge=1)
     max_retries: int = Field(6, ge=0, description="tenfold dampening increases tried after a failed Cholesky")
+    hessian_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="precision of the X^T X products (the sum stays float32); auto = bfloat16 on a CPU "
+        "that multiplies it natively (AVX512-BF16, AMX), else float32",
+    )
 
 
 Target = Literal["mlp", "heads", "layers", "mlp+heads"]

@@ -176,6 +176,11 @@ class LayerwisePruner(Pruner):
             caps = replace(caps, block_local=False)
         return caps
 
+    def hessian_dtype(self, device: torch.device) -> torch.dtype:
+        """Precision of the X^T X products of Hessian statistics (`calibration.Hessian`); float32 unless a method
+        says otherwise (SparseGPT's `hessian_dtype` option)."""
+        return torch.float32
+
     @abstractmethod
     def prune_weight(
         self, name: str, weight: torch.Tensor, stat: calibration.Statistic | None, sparsity: float
@@ -231,10 +236,13 @@ class LayerwisePruner(Pruner):
                 inputs = calibration.capture_block_inputs(model, store.first, calib, batch_size)
                 log.info("captured %d calibration tokens at block 0", inputs.tokens)
             names = self.statistics
+            hessian_dtype = self.hessian_dtype(device)
+            if any(issubclass(calibration.STATISTICS[s], calibration.Hessian) for s in names):
+                result.extra["hessian_matmul"] = str(hessian_dtype).removeprefix("torch.")
 
             def make_stat(m: nn.Module) -> calibration.StatisticSet:
                 w = weight_2d(m)
-                return calibration.StatisticSet(names, w.shape[1], w.device)
+                return calibration.StatisticSet(names, w.shape[1], w.device, hessian_dtype)
 
             any_layer = False
             for i in progress(range(n), desc=self.name, unit="block"):

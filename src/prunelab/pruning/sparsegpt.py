@@ -19,7 +19,7 @@ import logging
 
 import torch
 
-from prunelab.calibration import Hessian, Statistic
+from prunelab.calibration import Hessian, Statistic, native_bf16_matmul
 from prunelab.config.methods import SparseGPTOptions
 from prunelab.pruning.base import Capabilities, LayerwisePruner
 from prunelab.pruning.masks import Pattern, count_to_prune, lowest
@@ -153,6 +153,14 @@ class SparseGPT(LayerwisePruner):
     Options = SparseGPTOptions
     capabilities = Capabilities(comparison_group="layer", takes_stages=True)
     statistic = "hessian"
+
+    def hessian_dtype(self, device: torch.device) -> torch.dtype:
+        # The X^T X products are about a quarter of the prune time on a CPU (SmolLM2's 1536-wide MLP input);
+        # bfloat16 products make them ~3x cheaper at a relative error ten times below the dampening.
+        choice = self.options.hessian_dtype
+        if choice == "auto":
+            choice = "bfloat16" if native_bf16_matmul(device) else "float32"
+        return torch.bfloat16 if choice == "bfloat16" else torch.float32
 
     def prune_weight(self, name: str, weight: torch.Tensor, stat: Statistic | None, sparsity: float) -> torch.Tensor:
         assert isinstance(stat, Hessian)
