@@ -185,3 +185,12 @@ def test_hessian_dtype_choice(model_factory, calib) -> None:
     assert prune(model_factory("llama"), cfg, calib=calib).extra["hessian_matmul"] == "bfloat16"
     cfg = PruneConfig(method="wanda", sparsity=0.5)
     assert "hessian_matmul" not in prune(model_factory("llama"), cfg, calib=calib).extra
+
+
+def test_moments_stay_float32_for_dsnot() -> None:
+    """SparseGPT + DSnoT share one Moments statistic: its products stay float32 (DSnoT's variance cancels)."""
+    from prunelab.calibration import StatisticSet
+
+    both = StatisticSet(["hessian", "moments"], 256, torch.device("cpu"), torch.bfloat16)
+    assert both["hessian"] is both["moments"] and both["moments"].matmul_dtype == torch.float32
+    assert StatisticSet(["hessian"], 256, torch.device("cpu"), torch.bfloat16)["hessian"].matmul_dtype == torch.bfloat16

@@ -200,10 +200,13 @@ class Hessian(Statistic):
 
 class Moments(Hessian):
     """The Hessian's X^T X plus the per-feature sum of x: mean, variance and second moment of a layer's inputs
-    (DSnoT's expected error and its variance). A Hessian itself, so one pass serves a method that wants one."""
+    (DSnoT's expected error and its variance). A Hessian itself, so one pass serves a method that wants one.
+
+    Always float32 products, whatever `matmul_dtype` a method asks for: the variance E[x^2] - E[x]^2 cancels where
+    a feature's mean is large against its spread, and a 1e-3 error of E[x^2] would then be a large one of it."""
 
     def __init__(self, in_features: int, device: torch.device, matmul_dtype: torch.dtype = torch.float32) -> None:
-        super().__init__(in_features, device, matmul_dtype)
+        super().__init__(in_features, device, torch.float32)
         self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)
 
     def add(self, x: torch.Tensor) -> None:
