@@ -11,6 +11,10 @@ half's errors reach the right half in one matrix product, and only the leaves of
 masks depend on the updated weights) go column by column with rank-1 updates. U comes from one Cholesky
 factorisation and a triangular inverse by halves (matrix products). Same numbers as the column loop up to float
 rounding (checked in the tests against a transcription of the published loop); no per-row matrices.
+
+One departure, an option: `hessian_dtype` auto multiplies the Hessian's X^T X products in bfloat16 on a CPU that
+does so natively (the sum stays float32). Those products are the largest cost above the two-pass floor on a CPU;
+their relative error (~1e-3) is ten times below the dampening. `hessian_dtype=float32` is the reference numerics.
 """
 
 from __future__ import annotations
