@@ -185,6 +185,8 @@ def test_hessian_dtype_choice(model_factory, calib) -> None:
     assert prune(model_factory("llama"), cfg, calib=calib).extra["hessian_matmul"] == "bfloat16"
     cfg = PruneConfig(method="wanda", sparsity=0.5)
     assert "hessian_matmul" not in prune(model_factory("llama"), cfg, calib=calib).extra
+    cfg = PruneConfig(method="sparsegpt", sparsity=0.5, stages=["dsnot"], options={"hessian_dtype": "bfloat16"})
+    assert prune(model_factory("llama"), cfg, calib=calib).extra["hessian_matmul"] == "float32"  # Moments serves
 
 
 def test_moments_stay_float32_for_dsnot() -> None:

@@ -202,11 +202,12 @@ class Moments(Hessian):
     """The Hessian's X^T X plus the per-feature sum of x: mean, variance and second moment of a layer's inputs
     (DSnoT's expected error and its variance). A Hessian itself, so one pass serves a method that wants one.
 
-    Always float32 products, whatever `matmul_dtype` a method asks for: the variance E[x^2] - E[x]^2 cancels where
-    a feature's mean is large against its spread, and a 1e-3 error of E[x^2] would then be a large one of it."""
+    Always float32 products (it takes no `matmul_dtype`, so a StatisticSet whose Hessian it serves uses them): the
+    variance E[x^2] - E[x]^2 cancels where a feature's mean is large against its spread, and a 1e-3 error of E[x^2]
+    would then be a large one of it."""
 
-    def __init__(self, in_features: int, device: torch.device, matmul_dtype: torch.dtype = torch.float32) -> None:
-        super().__init__(in_features, device, torch.float32)
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        super().__init__(in_features, device)
         self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)
 
     def add(self, x: torch.Tensor) -> None:
@@ -242,10 +243,12 @@ class StatisticSet(Statistic):
         for name, cls in zip(names, classes, strict=True):
             best = next((c for c in classes if issubclass(c, cls) and c is not cls), cls)
             if best not in made:
-                made[best] = (best(in_features, device, hessian_dtype) if issubclass(best, Hessian)
-                              else best(in_features, device))  # fmt: skip
+                made[best] = best(in_features, device, hessian_dtype) if best is Hessian else best(in_features, device)
             self.parts[name] = made[best]
         self._unique = list(made.values())
+        hessians = [stat for stat in self._unique if isinstance(stat, Hessian)]
+        # What the X^T X products really ran in (None without a Hessian): the prune report's `hessian_matmul`.
+        self.hessian_matmul = str(hessians[0].matmul_dtype).removeprefix("torch.") if hessians else None
 
     def add(self, x: torch.Tensor) -> None:
         for stat in self._unique:

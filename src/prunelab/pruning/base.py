@@ -237,12 +237,13 @@ class LayerwisePruner(Pruner):
                 log.info("captured %d calibration tokens at block 0", inputs.tokens)
             names = self.statistics
             hessian_dtype = self.hessian_dtype(device)
-            if any(issubclass(calibration.STATISTICS[s], calibration.Hessian) for s in names):
-                result.extra["hessian_matmul"] = str(hessian_dtype).removeprefix("torch.")
 
             def make_stat(m: nn.Module) -> calibration.StatisticSet:
                 w = weight_2d(m)
-                return calibration.StatisticSet(names, w.shape[1], w.device, hessian_dtype)
+                stat = calibration.StatisticSet(names, w.shape[1], w.device, hessian_dtype)
+                if stat.hessian_matmul:
+                    result.extra["hessian_matmul"] = stat.hessian_matmul
+                return stat
 
             any_layer = False
             for i in progress(range(n), desc=self.name, unit="block"):
