@@ -83,12 +83,13 @@ def run(args: argparse.Namespace) -> None:
                 topk = args.teacher_topk if mode == "distill" else 0
                 name = f"{target}-{mode}-{budget}" + (f"-topk{topk}" if topk else "")
                 name += f"-lr{args.lr:g}" if args.lr else ""
+                name += "-bf16" if args.dtype == "bfloat16" else ""
                 if row_path(out, name).exists():
                     continue
                 student = load_model(str(folder)).model
                 cfg = RecoverConfig(mode=mode, tokens=budget, data=args.data, seqlen=args.seqlen,
                                     batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
-                                    teacher_topk=topk, lr=args.lr)  # fmt: skip
+                                    teacher_topk=topk, lr=args.lr, dtype=args.dtype)  # fmt: skip
                 saved = out / "models" / name.replace("+", "-")
                 rec = recover_model(student, tok, cfg, dense if mode == "distill" else None, saved,
                                     meta.get("removed_layers"), {"bench": name})  # fmt: skip
@@ -149,6 +150,35 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{cells[5]:8.1f} {cells[6]:8.1f} {cells[7]:8.0f}")  # fmt: skip
 
 
+def step_ab(args: argparse.Namespace) -> None:
+    """Tokens/s of the distillation loop itself in float32 and under bfloat16 autocast, alternated `rounds` times
+    in this process on the first target's pruned folder (run the main bench once first): `--step-ab STEPS` steps
+    per side and round, no checkpoints; the JSON goes to --out/step-ab.json."""
+    out = Path(args.out)
+    lm = load_model(args.model)
+    dense, tok = lm.model, lm.tokenizer
+    folder = out / "models" / f"{args.targets[0].replace('+', '-')}-pruned"
+    meta = json.loads((folder / "prunelab.json").read_text())
+    rates: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for _ in range(args.rounds):
+        for dtype, got in rates.items():
+            student = load_model(str(folder)).model
+            cfg = RecoverConfig(tokens=args.step_ab * args.batch_size * args.seqlen, data=args.data,
+                                seqlen=args.seqlen, batch_size=args.batch_size, lr=args.lr, dtype=dtype)  # fmt: skip
+            rec = recover_model(student, tok, cfg, dense, None, meta.get("removed_layers"))
+            got.append(rec["tokens_per_second"])
+            print(f"{dtype:9s} {rec['tokens_per_second']:8.1f} tokens/s  loss {rec['loss_first']:.4f} -> "
+                  f"{rec['loss_last']:.4f}")  # fmt: skip
+    summary = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "rounds": v} for k, v in rates.items()}
+    speedup = summary["bfloat16"]["median"] / summary["float32"]["median"]
+    write_json_atomic(out / "step-ab.json", {"steps_per_side": args.step_ab, "batch_size": args.batch_size,
+                      "seqlen": args.seqlen, "threads": args.threads, "target": args.targets[0], "tokens_per_second":
+                      summary, "bf16_speedup": speedup})  # fmt: skip
+    for k, v in summary.items():
+        print(f"{k:9s} median {v['median']:8.1f} tokens/s (range {v['min']:.1f}-{v['max']:.1f})")
+    print(f"bfloat16 autocast / float32: {speedup:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
@@ -177,10 +207,25 @@ def main() -> None:
     ap.add_argument("--no-speed", action="store_true", help="skip the decode timings (rehearsals, or a busy machine)")
     ap.add_argument("--add-speed", action="store_true", help="only add the decode timings to rows that lack them")
     ap.add_argument("--out", default="bench/out/recover")
+    ap.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="recovery compute dtype (bfloat16 rows are named `...-bf16`)",
+    )
+    ap.add_argument(
+        "--step-ab",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="only time the recovery loop, float32 vs bfloat16, STEPS steps per side and round",
+    )
     ap.add_argument("--table", action="store_true", help="print the table of the rows so far")
     args = ap.parse_args()
     if not args.table:
         torch.set_num_threads(args.threads)
+        if args.step_ab:
+            return step_ab(args)
         add_speed(args) if args.add_speed else run(args)
     print_table(read_rows(Path(args.out)))
 

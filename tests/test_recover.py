@@ -139,6 +139,20 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path: Path, mod
         recover(pruned()[0], other, data, teacher, tmp_path / "b")
 
 
+def test_recoveries_in_other_dtypes_run_in_one_process() -> None:
+    """accelerate refuses a second mixed precision per process; recover() must not: float32, then bfloat16, then
+    float32 again, and the last run is the first one exactly (no autocast left over from the bfloat16 run)."""
+    teacher, data, states = make_model("llama"), windows(4), []
+    for dtype in ("float32", "bfloat16", "float32"):
+        student, _ = pruned()
+        recover(student, RecoverConfig(tokens=4 * 16, seqlen=16, batch_size=4, lr=3e-3, dtype=dtype), data, teacher)
+        states.append(student.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[2][k], states[0][k], atol=0, rtol=0)
+    moved = [k for k in states[0] if not torch.equal(states[1][k], states[0][k])]
+    assert moved, "the bfloat16 run computed exactly what float32 did: no autocast"
+
+
 def test_gradient_accumulation_matches_the_larger_batch() -> None:
     teacher, data, states = make_model("llama"), windows(4), []
     for batch, accum in ((2, 1), (1, 2)):

@@ -109,11 +109,22 @@ def is_main_process() -> bool:
 
 
 def _accelerator(device: torch.device, dtype: str) -> Any:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision; a
+    single process may run several recoveries (a sweep, an A/B of dtypes), so there the old state is dropped. Under
+    `accelerate launch` the launcher's precision stands and a different request is an error, not a silent switch."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
     gpu = device.type != "cpu"
     bf16 = dtype == "bfloat16" or (dtype == "auto" and gpu)
-    return Accelerator(cpu=not gpu, mixed_precision="bf16" if bf16 else "no")
+    wanted = "bf16" if bf16 else "no"
+    state = AcceleratorState._shared_state
+    if state.get("_mixed_precision", wanted) != wanted:
+        if PartialState().num_processes > 1:
+            raise PrunelabError(f"this distributed run was launched with mixed precision {state['_mixed_precision']}"
+                                f"; recovery dtype {dtype} asks for {wanted}")  # fmt: skip
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=not gpu, mixed_precision=wanted)
 
 
 def recover(
