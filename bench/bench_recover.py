@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from prunelab._util import write_json_atomic
 from prunelab.api.recover import recover_model
 from prunelab.config.recover import RecoverConfig
 from prunelab.measurement.latency import decode
+from prunelab.measurement.timing import summarize
 from prunelab.models import save_model
 
 
@@ -153,12 +155,17 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def step_ab(args: argparse.Namespace) -> None:
     """Tokens/s of the distillation loop itself in float32 and under bfloat16 autocast, alternated `rounds` times
     in this process on the first target's pruned folder (run the main bench once first): `--step-ab STEPS` steps
-    per side and round, no checkpoints; the JSON goes to --out/step-ab.json."""
+    per side and round, no checkpoints; the JSON (the timing protocol's `summarize` of each side) goes to
+    --out/step-ab.json."""
     out = Path(args.out)
+    folder = out / "models" / f"{args.targets[0].replace('+', '-')}-pruned"
+    if not (folder / "prunelab.json").exists():
+        print(f"error: --step-ab needs {folder} (run the bench with this --out and --targets once first)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    meta = json.loads((folder / "prunelab.json").read_text())
     lm = load_model(args.model)
     dense, tok = lm.model, lm.tokenizer
-    folder = out / "models" / f"{args.targets[0].replace('+', '-')}-pruned"
-    meta = json.loads((folder / "prunelab.json").read_text())
     rates: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     for _ in range(args.rounds):
         for dtype, got in rates.items():
@@ -169,7 +176,7 @@ def step_ab(args: argparse.Namespace) -> None:
             got.append(rec["tokens_per_second"])
             print(f"{dtype:9s} {rec['tokens_per_second']:8.1f} tokens/s  loss {rec['loss_first']:.4f} -> "
                   f"{rec['loss_last']:.4f}")  # fmt: skip
-    summary = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "rounds": v} for k, v in rates.items()}
+    summary = {k: summarize(v).to_dict() for k, v in rates.items()}
     speedup = summary["bfloat16"]["median"] / summary["float32"]["median"]
     write_json_atomic(out / "step-ab.json", {"steps_per_side": args.step_ab, "batch_size": args.batch_size,
                       "seqlen": args.seqlen, "threads": args.threads, "target": args.targets[0], "tokens_per_second":
